@@ -1,0 +1,1 @@
+"""Generated Protobuf, gRPC and Connect code for ironflow.v1 (scripts/generate.sh)."""

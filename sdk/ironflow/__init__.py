@@ -1,0 +1,1 @@
+"""Ironflow: event-driven durable workflows for Python."""

@@ -1,0 +1,1 @@
+"""What the services share: storage, streams, subjects and patterns, errors, settings."""
