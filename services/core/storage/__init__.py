@@ -1,0 +1,25 @@
+"""Durable state on SQLite or Postgres: one schema source, a migration step, transaction discipline."""
+
+from ._database import DEFAULT_SQLITE_URL, Database, is_transient
+from ._migrate import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
+from ._tables import events, function_versions, functions, metadata, runs, schema_versions, steps, waits
+from ._types import UTCDateTime
+
+__all__ = [
+    "DEFAULT_SQLITE_URL",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Database",
+    "UTCDateTime",
+    "events",
+    "function_versions",
+    "functions",
+    "is_transient",
+    "metadata",
+    "migrate",
+    "runs",
+    "schema_version",
+    "schema_versions",
+    "steps",
+    "waits",
+]

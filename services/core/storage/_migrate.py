@@ -1,0 +1,80 @@
+"""The migration step: create or upgrade the schema and record which version it is at.
+
+Migrations are an ordered list of (version, description, change). `migrate` applies the ones a
+database has not seen, each in the same transaction as the row that records it, under a lock so that
+several processes starting at once (replicas in the distributed shape) migrate exactly once.
+
+Migration 1 creates every table of `_tables.metadata` that is missing. A later schema change appends
+a migration that alters existing tables (add a column, an index); it must also be safe on a database
+that migration 1 created after the change landed, so check before altering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from ._database import Database
+from ._tables import metadata, schema_versions
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[sa.Connection], None]
+
+
+def _create_initial_tables(conn: sa.Connection) -> None:
+    metadata.create_all(conn, checkfirst=True)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "events, functions, function versions, runs, steps, waits", _create_initial_tables),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+async def migrate(db: Database) -> int:
+    """Bring the schema to SCHEMA_VERSION; return the version it is at now."""
+    async with db.transaction() as conn:
+        if db.dialect == "postgresql":
+            if db.schema is not None:
+                await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{db.schema}"'))
+            # Serialise concurrent migrators for the rest of this transaction.
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7426348931)"))
+        await conn.run_sync(lambda sync: schema_versions.create(sync, checkfirst=True))
+        current = (
+            await conn.execute(sa.select(sa.func.coalesce(sa.func.max(schema_versions.c.version), 0)))
+        ).scalar_one()
+        for migration in MIGRATIONS:
+            if migration.version <= current:
+                continue
+            await conn.run_sync(migration.apply)
+            await conn.execute(
+                schema_versions.insert().values(
+                    version=migration.version,
+                    description=migration.description,
+                    applied_at=datetime.now(UTC),
+                )
+            )
+            current = migration.version
+        return int(current)
+
+
+async def schema_version(db: Database) -> int:
+    """The version recorded in the database (0 when it was never migrated)."""
+    async with db.reading() as conn:
+        exists = await conn.run_sync(
+            lambda sync: sa.inspect(sync).has_table(schema_versions.name)
+        )
+        if not exists:
+            return 0
+        value = (
+            await conn.execute(sa.select(sa.func.coalesce(sa.func.max(schema_versions.c.version), 0)))
+        ).scalar_one()
+        return int(value)

@@ -1,0 +1,163 @@
+"""The one schema source: SQLAlchemy Core tables for every service's durable state.
+
+Each table belongs to one service (ARCHITECTURE.md section 2); they share one database in both shapes
+so a service reads another's rows only through that service's RPCs, never through these tables.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from ._types import BigIntKey, JSONDocument, UTCDateTime
+
+metadata = sa.MetaData()
+
+# Bookkeeping for the migration step: one row per applied schema version.
+schema_versions = sa.Table(
+    "ironflow_schema_versions",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("description", sa.String(200), nullable=False),
+    sa.Column("applied_at", UTCDateTime, nullable=False),
+)
+
+# ingest: every emitted event and published topic message, kept forever.
+events = sa.Table(
+    "events",
+    metadata,
+    # Storage order; the cursor for listing. Distinct from the stream sequence, which is assigned
+    # when the event is appended to the stream (an outbox relay re-appends events a crash left behind).
+    sa.Column("position", BigIntKey, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("namespace", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("data", JSONDocument, nullable=False),
+    sa.Column("metadata", JSONDocument, nullable=False),
+    sa.Column("idempotency_key", sa.String(256), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    # Set once the event is on the stream (the outbox marker).
+    sa.Column("stream_sequence", sa.BigInteger, nullable=True),
+    # Set once SchedulerService.Trigger has processed the event (the trigger sweeper's marker).
+    sa.Column("triggered_at", UTCDateTime, nullable=True),
+    sa.Column("run_ids", JSONDocument, nullable=True),
+    sa.Index("ix_events_namespace_name_position", "namespace", "name", "position"),
+    sa.Index(
+        "ux_events_idempotency",
+        "namespace",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=sa.text("idempotency_key IS NOT NULL"),
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    ),
+    sa.Index(
+        "ix_events_outbox",
+        "position",
+        sqlite_where=sa.text("stream_sequence IS NULL"),
+        postgresql_where=sa.text("stream_sequence IS NULL"),
+    ),
+)
+
+# registry: the current definition of each function ...
+functions = sa.Table(
+    "functions",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("endpoint_url", sa.String(2048), nullable=True),
+    # The FunctionDefinition as canonical JSON, and its digest to tell a change from a re-registration.
+    sa.Column("definition", JSONDocument, nullable=False),
+    sa.Column("definition_digest", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# ... and every version it ever had, so old runs can be explained and replayed.
+function_versions = sa.Table(
+    "function_versions",
+    metadata,
+    sa.Column("function_id", sa.String(128), primary_key=True),
+    sa.Column("version", sa.BigInteger, primary_key=True),
+    sa.Column("definition", JSONDocument, nullable=False),
+    sa.Column("definition_digest", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# scheduler: one row per run; the lease columns fence workers (ARCHITECTURE.md section 4).
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("function_id", sa.String(128), nullable=False),
+    sa.Column("function_version", sa.BigInteger, nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, default=0),
+    sa.Column("input", JSONDocument, nullable=True),
+    sa.Column("output", JSONDocument, nullable=True),
+    sa.Column("error", JSONDocument, nullable=True),
+    sa.Column("parent_run_id", sa.String(64), nullable=True),
+    sa.Column("parent_step_id", sa.String(256), nullable=True),
+    sa.Column("idempotency_key", sa.String(256), nullable=True),
+    # When the run is next due for dispatch (queued now, or a retry/timer later).
+    sa.Column("available_at", UTCDateTime, nullable=True),
+    sa.Column("execution_sequence", sa.BigInteger, nullable=False, default=0),
+    sa.Column("lease_token", sa.String(64), nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime, nullable=True),
+    sa.Column("worker_id", sa.String(128), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    # Triggering is idempotent per (event, function).
+    sa.UniqueConstraint("event_id", "function_id", name="ux_runs_event_function"),
+    sa.Index("ix_runs_status_available", "status", "available_at"),
+    sa.Index("ix_runs_function_created", "function_id", "created_at"),
+    sa.Index("ix_runs_parent", "parent_run_id"),
+)
+
+# scheduler: memoized steps of a run, keyed by deterministic step id.
+steps = sa.Table(
+    "steps",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("step_id", sa.String(512), primary_key=True),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("output", JSONDocument, nullable=True),
+    sa.Column("error", JSONDocument, nullable=True),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+)
+
+# scheduler: open wait_for_event waits, indexed by the event name they wait for, so each stored
+# event is checked only against the waits for its own name.
+waits = sa.Table(
+    "waits",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("step_id", sa.String(512), nullable=False),
+    sa.Column("event_name", sa.String(256), nullable=False),
+    sa.Column("match", sa.Text, nullable=True),
+    sa.Column("timeout_at", UTCDateTime, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("resolved_at", UTCDateTime, nullable=True),
+    sa.Column("resolved_event_id", sa.String(64), nullable=True),
+    sa.UniqueConstraint("run_id", "step_id", name="ux_waits_run_step"),
+    sa.Index(
+        "ix_waits_open_by_name",
+        "event_name",
+        sqlite_where=sa.text("resolved_at IS NULL"),
+        postgresql_where=sa.text("resolved_at IS NULL"),
+    ),
+    sa.Index(
+        "ix_waits_open_by_timeout",
+        "timeout_at",
+        sqlite_where=sa.text("resolved_at IS NULL"),
+        postgresql_where=sa.text("resolved_at IS NULL"),
+    ),
+)
