@@ -7,13 +7,6 @@ by teardown, so they can share one server and run in any order.
 from __future__ import annotations
 
 import os
-
-POSTGRES_URL = os.environ.get(
-    "IRONFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-REDIS_URL = os.environ.get("IRONFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +14,11 @@ from pathlib import Path
 import pytest
 
 from ironflow.services.core.storage import Database, migrate
+
+POSTGRES_URL = os.environ.get(
+    "IRONFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("IRONFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def unique_name(prefix: str) -> str:

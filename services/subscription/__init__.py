@@ -1,1 +1,5 @@
-"""The subscription service."""
+"""The subscription service (SubscriptionService). Its RPCs answer UNIMPLEMENTED until their issue lands."""
+
+from ._rpc import SubscriptionServiceRpc
+
+__all__ = ["SubscriptionServiceRpc"]

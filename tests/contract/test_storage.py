@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, StatementError
 
+from ironflow.services.core.errors import ErrorCode, ServiceError
 from ironflow.services.core.storage import (
     SCHEMA_VERSION,
     Database,
@@ -64,7 +65,9 @@ async def test_timestamps_come_back_aware_utc(database: Database) -> None:
 async def test_naive_timestamps_are_refused(database: Database) -> None:
     with pytest.raises(StatementError, match="naive datetime"):
         async with database.transaction() as conn:
-            await conn.execute(events.insert().values(_event_row("evt_naive", created_at=datetime(2026, 1, 1))))
+            await conn.execute(
+                events.insert().values(_event_row("evt_naive", created_at=datetime(2026, 1, 1)))
+            )
     async with database.reading() as conn:
         assert (await conn.execute(sa.select(sa.func.count()).select_from(events))).scalar_one() == 0
 
@@ -90,7 +93,9 @@ async def test_idempotency_key_is_unique_per_namespace(database: Database) -> No
     async with database.transaction() as conn:
         await conn.execute(events.insert().values(_event_row("evt_a", idempotency_key="k1")))
         # The same key in another namespace is a different message.
-        await conn.execute(events.insert().values(_event_row("evt_b", idempotency_key="k1", namespace="topic")))
+        await conn.execute(
+            events.insert().values(_event_row("evt_b", idempotency_key="k1", namespace="topic"))
+        )
         # Events without a key never collide.
         await conn.execute(events.insert().values(_event_row("evt_c")))
         await conn.execute(events.insert().values(_event_row("evt_d")))
@@ -100,7 +105,7 @@ async def test_idempotency_key_is_unique_per_namespace(database: Database) -> No
 
 
 async def test_failed_transaction_leaves_nothing_behind(database: Database) -> None:
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError):  # noqa: PT012 - the transaction as a whole must fail
         async with database.transaction() as conn:
             await conn.execute(events.insert().values(_event_row("evt_first")))
             await conn.execute(events.insert().values(_event_row("evt_first")))
@@ -118,8 +123,14 @@ async def test_concurrent_read_modify_write_loses_no_update(database: Database) 
     async with database.transaction() as conn:
         await conn.execute(
             functions.insert().values(
-                id="counter", version=0, status="active", mode="pull", definition={},
-                definition_digest="", created_at=now, updated_at=now,
+                id="counter",
+                version=0,
+                status="active",
+                mode="pull",
+                definition={},
+                definition_digest="",
+                created_at=now,
+                updated_at=now,
             )
         )
 
@@ -138,8 +149,6 @@ async def test_concurrent_read_modify_write_loses_no_update(database: Database) 
 
 
 async def test_unsupported_database_url_is_invalid_argument() -> None:
-    from ironflow.services.core.errors import ErrorCode, ServiceError
-
     with pytest.raises(ServiceError) as info:
         Database.open("mysql://root@localhost/db")
     assert info.value.code is ErrorCode.INVALID_ARGUMENT

@@ -4,6 +4,7 @@ from ._database import DEFAULT_SQLITE_URL, Database, is_transient
 from ._migrate import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
 from ._tables import events, function_versions, functions, metadata, runs, schema_versions, steps, waits
 from ._types import UTCDateTime
+from ._upsert import insert_or_ignore
 
 __all__ = [
     "DEFAULT_SQLITE_URL",
@@ -14,6 +15,7 @@ __all__ = [
     "events",
     "function_versions",
     "functions",
+    "insert_or_ignore",
     "is_transient",
     "metadata",
     "migrate",

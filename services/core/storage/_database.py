@@ -29,7 +29,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ..errors import invalid_argument
+from ironflow.services.core.errors import invalid_argument
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -95,9 +95,7 @@ class Database:
         async with self.engine.connect() as conn:
             yield conn
 
-    async def run(
-        self, work: Callable[[AsyncConnection], Awaitable[T]], *, attempts: int = 5
-    ) -> T:
+    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]], *, attempts: int = 5) -> T:
         """Run `work` in a transaction, retrying the whole transaction on transient errors only."""
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_transient),

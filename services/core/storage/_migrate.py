@@ -69,9 +69,7 @@ async def migrate(db: Database) -> int:
 async def schema_version(db: Database) -> int:
     """The version recorded in the database (0 when it was never migrated)."""
     async with db.reading() as conn:
-        exists = await conn.run_sync(
-            lambda sync: sa.inspect(sync).has_table(schema_versions.name)
-        )
+        exists = await conn.run_sync(lambda sync: sa.inspect(sync).has_table(schema_versions.name))
         if not exists:
             return 0
         value = (

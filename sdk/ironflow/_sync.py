@@ -1,0 +1,101 @@
+"""`ironflow.SyncClient`: the blocking twin of `Client`, for scripts and notebooks.
+
+It is a thin wrapper: one private event loop on a daemon thread runs the async client, and each
+method blocks on its result. That works whether or not the caller already runs an event loop (a
+notebook does), which `asyncio.run` per call would not, and grpc.aio channels stay on one loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ._client import DEFAULT_TIMEOUT_SECONDS, Client
+from ._models import EmitResult, Event, EventPage, FunctionInfo, PublishResult
+
+T = TypeVar("T")
+
+
+class SyncClient:
+    def __init__(
+        self,
+        server_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="ironflow-sync-client", daemon=True
+        )
+        self._thread.start()
+        self._client: Client = self._run(_make_client(server_url, api_key, timeout))
+        self.server_url = self._client.server_url
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def emit(
+        self,
+        name: str,
+        data: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> EmitResult:
+        return self._run(self._client.emit(name, data, idempotency_key=idempotency_key, metadata=metadata))
+
+    def publish(
+        self,
+        topic: str,
+        data: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> PublishResult:
+        return self._run(
+            self._client.publish(topic, data, idempotency_key=idempotency_key, metadata=metadata)
+        )
+
+    def get_event(self, event_id: str) -> Event:
+        return self._run(self._client.get_event(event_id))
+
+    def list_events(
+        self,
+        *,
+        name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        namespace: str = "events",
+    ) -> EventPage:
+        return self._run(self._client.list_events(name=name, limit=limit, cursor=cursor, namespace=namespace))
+
+    def list_functions(self, *, limit: int = 100, cursor: str | None = None) -> list[FunctionInfo]:
+        return self._run(self._client.list_functions(limit=limit, cursor=cursor))
+
+    def get_function(self, function_id: str, *, version: int | None = None) -> FunctionInfo:
+        return self._run(self._client.get_function(function_id, version=version))
+
+
+async def _make_client(server_url: str | None, api_key: str | None, call_timeout: float) -> Client:
+    # Created on the private loop so its grpc.aio channel belongs to that loop.
+    return Client(server_url, api_key, timeout=call_timeout)

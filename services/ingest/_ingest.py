@@ -1,0 +1,241 @@
+"""Ingest: store every event first, then put it on the stream, then hand it to the scheduler.
+
+Order matters. The event is committed before anything else, so an acknowledged emit is never lost.
+The stream append and the scheduler's trigger happen after the commit; if the process dies between
+them, the outbox relay below re-appends events whose stream sequence was never recorded (delivery on
+the stream is therefore at least once; subscribers see the same event id twice in that rare case).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+from ironflow.services.core.errors import invalid_argument, not_found
+from ironflow.services.core.firehose import DEFAULT_FIREHOSE_MAXLEN, FIREHOSE_STREAM, FirehoseMessage
+from ironflow.services.core.ids import Clock, IdSource, random_id, utc_now
+from ironflow.services.core.storage import Database
+from ironflow.services.core.streams import Stream
+from ironflow.services.core.subjects import NAMESPACES, subject_for, validate_name
+
+from ._store import EventStore, StoredEvent
+from ._validation import DEFAULT_MAX_PAYLOAD_BYTES, check_data, check_idempotency_key, check_metadata
+
+log = logging.getLogger("ironflow.ingest")
+
+# Starts the runs an event triggers and returns their ids (SchedulerService.Trigger).
+Trigger = Callable[[StoredEvent], Awaitable[list[str]]]
+
+DEFAULT_LIST_LIMIT = 50
+MAX_LIST_LIMIT = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestSettings:
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    firehose_maxlen: int = DEFAULT_FIREHOSE_MAXLEN
+    # How often the outbox relay looks for events a crash left off the stream, and how old they must
+    # be (younger ones are most likely still being appended by the request that stored them).
+    outbox_interval: timedelta = timedelta(seconds=1)
+    outbox_grace: timedelta = timedelta(seconds=5)
+    firehose: str = FIREHOSE_STREAM
+
+
+@dataclass(frozen=True)
+class Accepted:
+    event: StoredEvent
+    sequence: int
+    duplicate: bool
+
+
+class Ingest:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        stream: Stream,
+        trigger: Trigger | None = None,
+        settings: IngestSettings | None = None,
+        clock: Clock = utc_now,
+        ids: IdSource = random_id,
+    ) -> None:
+        self._store = EventStore(db)
+        self._stream = stream
+        self._trigger = trigger
+        self._settings = settings or IngestSettings()
+        self._clock = clock
+        self._ids = ids
+        self._recorded: list[tuple[str, int]] = []
+        self._record_wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._record_sequences_forever(), name="ingest-sequence-recorder"),
+            asyncio.create_task(self._relay_outbox_forever(), name="ingest-outbox-relay"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self._flush_recorded()
+
+    # -- operations -------------------------------------------------------------------------
+
+    async def emit(
+        self, name: str, data: Any, *, idempotency_key: Any = None, metadata: Any = None
+    ) -> tuple[Accepted, list[str]]:
+        accepted = await self._accept("events", name, data, idempotency_key, metadata, field="name")
+        if accepted.duplicate:
+            return accepted, list(accepted.event.run_ids or [])
+        run_ids = await self._trigger(accepted.event) if self._trigger is not None else []
+        return accepted, run_ids
+
+    async def publish(
+        self, topic: str, data: Any, *, idempotency_key: Any = None, metadata: Any = None
+    ) -> Accepted:
+        return await self._accept("topic", topic, data, idempotency_key, metadata, field="topic")
+
+    async def get(self, event_id: str) -> StoredEvent:
+        if not event_id:
+            raise invalid_argument("id", "is required")
+        event = await self._store.get(event_id)
+        if event is None:
+            raise not_found("event", event_id)
+        return event
+
+    async def list_events(
+        self, *, namespace: str = "", name: str = "", limit: int = 0, cursor: str = ""
+    ) -> tuple[list[StoredEvent], str]:
+        namespace = namespace or "events"
+        if namespace not in NAMESPACES:
+            raise invalid_argument("namespace", f"must be one of {', '.join(NAMESPACES)}")
+        if name:
+            validate_name(name, field="name")
+        if limit < 0 or limit > MAX_LIST_LIMIT:
+            raise invalid_argument("limit", f"must be between 1 and {MAX_LIST_LIMIT}")
+        limit = limit or DEFAULT_LIST_LIMIT
+        page = await self._store.page(
+            namespace=namespace, name=name or None, before_position=_parse_cursor(cursor), limit=limit + 1
+        )
+        next_cursor = str(page[limit - 1].position) if len(page) > limit else ""
+        return page[:limit], next_cursor
+
+    # -- internals --------------------------------------------------------------------------
+
+    async def _accept(
+        self, namespace: str, name: Any, data: Any, idempotency_key: Any, metadata: Any, *, field: str
+    ) -> Accepted:
+        if not isinstance(name, str):
+            raise invalid_argument(field, "must be a string")
+        validate_name(name, field=field)
+        event = StoredEvent(
+            id=self._ids("evt"),
+            namespace=namespace,
+            name=name,
+            data=check_data(data, max_bytes=self._settings.max_payload_bytes),
+            metadata=check_metadata(metadata),
+            idempotency_key=check_idempotency_key(idempotency_key),
+            created_at=self._clock(),
+            position=0,
+            stream_sequence=None,
+            # No scheduler yet: record "no runs" with the event so a duplicate emit can answer alike.
+            run_ids=[] if self._trigger is None or namespace != "events" else None,
+        )
+        stored, duplicate = await self._store.insert(event)
+        if duplicate:
+            return Accepted(event=stored, sequence=stored.stream_sequence or 0, duplicate=True)
+        sequence = await self._append(stored)
+        return Accepted(
+            event=replace(stored, stream_sequence=sequence or None), sequence=sequence, duplicate=False
+        )
+
+    async def _append(self, event: StoredEvent) -> int:
+        """Put a stored event on the stream; 0 when the stream is down (the relay retries later)."""
+        try:
+            entry = await self._stream.append(
+                self._settings.firehose,
+                _firehose_message(event).encode(),
+                maxlen=self._settings.firehose_maxlen,
+            )
+        except Exception as exc:  # noqa: BLE001 - any stream failure: the event is durable, the relay retries
+            log.warning(
+                "event %s stored but not yet streamed (%s); the outbox relay will retry", event.id, exc
+            )
+            return 0
+        self._recorded.append((event.id, entry.sequence))
+        self._record_wakeup.set()
+        return entry.sequence
+
+    async def _flush_recorded(self) -> None:
+        batch, self._recorded = self._recorded, []
+        if batch:
+            try:
+                await self._store.record_stream_sequences(batch)
+            except Exception:
+                # Unrecorded events are re-appended by the relay: a duplicate on the stream, never a loss.
+                log.exception("could not record stream sequences of %d events", len(batch))
+
+    async def _record_sequences_forever(self) -> None:
+        # One transaction per batch of appended events, not one per event.
+        while True:
+            # Emits that arrive while a flush commits are gathered into the next one.
+            await self._record_wakeup.wait()
+            self._record_wakeup.clear()
+            await self._flush_recorded()
+
+    async def _relay_outbox_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.outbox_interval.total_seconds())
+            try:
+                await self.relay_outbox()
+            except Exception:
+                log.exception("outbox relay failed; retrying in %s", self._settings.outbox_interval)
+
+    async def relay_outbox(self, *, batch_size: int = 500) -> int:
+        """Append events that were stored but never recorded as streamed. Returns how many."""
+        await self._flush_recorded()
+        pending = await self._store.unstreamed(
+            created_before=self._clock() - self._settings.outbox_grace, limit=batch_size
+        )
+        if not pending:
+            return 0
+        entries = await self._stream.append_many(
+            self._settings.firehose,
+            [_firehose_message(event).encode() for event in pending],
+            maxlen=self._settings.firehose_maxlen,
+        )
+        await self._store.record_stream_sequences(
+            [(event.id, entry.sequence) for event, entry in zip(pending, entries, strict=True)]
+        )
+        log.info("outbox relay streamed %d events", len(pending))
+        return len(pending)
+
+
+def _firehose_message(event: StoredEvent) -> FirehoseMessage:
+    return FirehoseMessage(
+        subject=subject_for(event.namespace, event.name),
+        event_id=event.id,
+        timestamp=event.created_at,
+        data=event.data,
+        metadata=event.metadata,
+    )
+
+
+def _parse_cursor(cursor: str) -> int | None:
+    if not cursor:
+        return None
+    if not cursor.isdigit():
+        raise invalid_argument("cursor", "is not a cursor returned by a previous page")
+    return int(cursor)

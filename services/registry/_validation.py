@@ -1,0 +1,112 @@
+"""Checks on function definitions at registration: bad ones are refused whole, naming the field."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from ironflow.services.core.cel import check_expression
+from ironflow.services.core.errors import invalid_argument
+from ironflow.services.core.subjects import NamePattern
+from ironflow.v1 import functions_pb2
+
+_FUNCTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+MAX_FUNCTIONS_PER_REQUEST = 500
+MAX_RETRY_ATTEMPTS = 100
+
+
+def check_endpoint_url(url: str, *, field: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise invalid_argument(field, f"must be an http:// or https:// URL, got {url!r}")
+    return url
+
+
+def normalise_definition(
+    definition: functions_pb2.FunctionDefinition, *, field: str, default_endpoint_url: str
+) -> functions_pb2.FunctionDefinition:
+    """A validated copy with defaults made explicit (so equal meanings give equal digests)."""
+    result = functions_pb2.FunctionDefinition()
+    result.CopyFrom(definition)
+    if not _FUNCTION_ID.fullmatch(result.id):
+        raise invalid_argument(
+            f"{field}.id",
+            f"must be 1-128 characters of letters, digits, '_', '-', '.', starting with a letter or digit; "
+            f"got {result.id!r}",
+        )
+    if not result.name:
+        result.name = result.id
+    for index, trigger in enumerate(result.triggers):
+        _check_trigger(trigger, field=f"{field}.triggers[{index}]")
+    for index, cancel in enumerate(result.cancel_on):
+        NamePattern.parse(cancel.event, field=f"{field}.cancel_on[{index}].event")
+        if getattr(cancel, "if"):
+            check_expression(getattr(cancel, "if"), field=f"{field}.cancel_on[{index}].if")
+    _check_retry(result.retry, field=f"{field}.retry")
+    if result.HasField("timeout") and result.timeout.ToTimedelta().total_seconds() <= 0:
+        raise invalid_argument(f"{field}.timeout", "must be positive when set")
+    _resolve_mode(result, field=field, default_endpoint_url=default_endpoint_url)
+    for index, limit in enumerate(result.concurrency):
+        if limit.limit < 1:
+            raise invalid_argument(f"{field}.concurrency[{index}].limit", "must be at least 1")
+        if limit.key:
+            check_expression(limit.key, field=f"{field}.concurrency[{index}].key")
+    if result.priority and not _is_integer(result.priority):
+        check_expression(result.priority, field=f"{field}.priority")
+    if result.idempotency.key:
+        check_expression(result.idempotency.key, field=f"{field}.idempotency.key")
+    return result
+
+
+def _resolve_mode(
+    definition: functions_pb2.FunctionDefinition, *, field: str, default_endpoint_url: str
+) -> None:
+    if definition.mode == functions_pb2.FUNCTION_MODE_UNSPECIFIED:
+        definition.mode = functions_pb2.FUNCTION_MODE_PULL
+    if definition.mode == functions_pb2.FUNCTION_MODE_PUSH:
+        definition.endpoint_url = definition.endpoint_url or default_endpoint_url
+        if not definition.endpoint_url:
+            raise invalid_argument(f"{field}.endpoint_url", "is required for push mode functions")
+        check_endpoint_url(definition.endpoint_url, field=f"{field}.endpoint_url")
+    elif definition.endpoint_url:
+        raise invalid_argument(f"{field}.endpoint_url", "is only for push mode functions")
+
+
+def _check_trigger(trigger: functions_pb2.Trigger, *, field: str) -> None:
+    kind = trigger.WhichOneof("kind")
+    if kind == "event":
+        NamePattern.parse(trigger.event.event, field=f"{field}.event")
+        condition = getattr(trigger.event, "if")
+        if condition:
+            check_expression(condition, field=f"{field}.if")
+    elif kind == "cron":
+        if not trigger.cron.schedule.strip():
+            raise invalid_argument(f"{field}.cron.schedule", "is required")
+        if trigger.cron.timezone:
+            try:
+                ZoneInfo(trigger.cron.timezone)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise invalid_argument(
+                    f"{field}.cron.timezone", f"unknown time zone {trigger.cron.timezone!r}"
+                ) from exc
+    else:
+        raise invalid_argument(field, "must be an event or a cron trigger")
+
+
+def _check_retry(retry: functions_pb2.RetryPolicy, *, field: str) -> None:
+    if not 0 <= retry.max_attempts <= MAX_RETRY_ATTEMPTS:
+        raise invalid_argument(f"{field}.max_attempts", f"must be between 1 and {MAX_RETRY_ATTEMPTS}")
+    if retry.factor and retry.factor < 1:
+        raise invalid_argument(f"{field}.factor", "must be at least 1")
+    for name in ("initial_delay", "max_delay"):
+        if retry.HasField(name) and getattr(retry, name).ToTimedelta().total_seconds() < 0:
+            raise invalid_argument(f"{field}.{name}", "must not be negative")
+    if retry.on_exhausted not in ("", "fail", "pause"):
+        raise invalid_argument(
+            f"{field}.on_exhausted", f"must be 'fail' or 'pause', got {retry.on_exhausted!r}"
+        )
+
+
+def _is_integer(text: str) -> bool:
+    return text.lstrip("-").isdigit()

@@ -1,0 +1,5 @@
+"""`python -m ironflow.services.server` is the `ironflow` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,28 @@
+"""Server settings: flags override `IRONFLOW_*` environment variables, which override defaults."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ironflow.services.core.storage import DEFAULT_SQLITE_URL
+
+DEFAULT_PORT = 9123
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IRONFLOW_", frozen=True, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    database_url: str = DEFAULT_SQLITE_URL
+    # Postgres only: keep Ironflow's tables in this schema (created if missing).
+    database_schema: str | None = None
+    stream_url: str = "memory://"
+    # Prefix of every stream key, so several deployments can share one Redis.
+    stream_prefix: str = Field(default="ironflow", pattern=r"^[A-Za-z0-9_.-]+$")
+    # Largest event/topic `data` accepted, as compact JSON.
+    max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Seconds in-flight requests get to finish after SIGINT/SIGTERM.
+    graceful_timeout: float = Field(default=10.0, ge=0)
+    log_level: str = "info"
