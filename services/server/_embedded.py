@@ -20,6 +20,7 @@ from ironflow.services.core.firehose import firehose_key
 from ironflow.services.core.grpc_health import HEALTH_SERVICE_NAME, SERVING, HealthService, health_asgi_app
 from ironflow.services.core.grpc_reflection import REFLECTION_SERVICE_NAMES, reflection_asgi_apps
 from ironflow.services.core.http import ASGIApp
+from ironflow.services.core.hypercorn_h2 import install_late_data_guard
 from ironflow.services.core.rpc import ErrorInterceptor
 from ironflow.services.core.storage import Database, migrate
 from ironflow.services.core.streams import Stream, open_stream
@@ -121,6 +122,7 @@ class EmbeddedServer:
     async def serve(self, shutdown: asyncio.Event) -> None:
         """Answer on the configured port until `shutdown` is set, then finish in-flight requests."""
         assert self.app is not None, "start() first"
+        install_late_data_guard()
         config = Config()
         config.bind = [f"{self.settings.host}:{self.settings.port}"]
         # hypercorn otherwise closes a keep-alive connection after 1000 requests, which shows up as

@@ -36,6 +36,7 @@ from ironflow.services.core.grpc_reflection import (
     REFLECTION_V1ALPHA_SERVICE_NAME,
     reflection_asgi_apps,
 )
+from ironflow.services.core.hypercorn_h2 import install_late_data_guard
 from ironflow.v1 import events_pb2
 from ironflow.v1.events_connect import EventService, EventServiceASGIApplication
 
@@ -143,6 +144,7 @@ async def server() -> AsyncIterator[_Server]:
     config.accesslog = None
 
     stop = asyncio.Event()
+    install_late_data_guard()  # as the real server does (see services/core/hypercorn_h2.py)
     serving = asyncio.create_task(serve(router, config, shutdown_trigger=stop.wait))
     try:
         yield _Server(port, health, router)

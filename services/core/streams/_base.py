@@ -117,7 +117,8 @@ class Stream(Protocol):
     ) -> list[GroupEntry]:
         """Deliver up to `count` never-delivered entries to `consumer`, recording them as pending.
 
-        Raises NOT_FOUND if the group does not exist.
+        Raises NOT_FOUND if the group does not exist, including when it is destroyed or its stream
+        deleted while this call is waiting.
         """
         ...
 

@@ -1,32 +1,34 @@
-"""Entry ids and the integer sequence derived from them.
+"""Entry ids and the integer sequence they carry.
 
-Redis ids are `<ms>-<n>` pairs; callers elsewhere (cursors in URLs, database columns, resume tokens)
-want one ordered integer instead. Packing `ms << 20 | n` keeps the order of ids, and 2**20 entries per
-millisecond is more than one Redis node can append, so auto ids always fit.
+Ironflow appends with the id `0-*` (Redis 7: explicit zero milliseconds, automatic counter), so every
+entry id is `0-<n>` and `n` is a dense sequence: 1, 2, 3, ... per stream. A dense sequence is what
+callers want as a resume token: it is small (JSON numbers stay exact in JavaScript, unlike packed
+`ms << k | n` values near 2**60), it counts messages, and both backends produce identical ids.
+Wall-clock ids buy nothing here: nothing trims by age, and idle times come from the pending list.
 """
 
 from __future__ import annotations
 
 from ironflow.services.core.errors import invalid_argument
 
-SEQ_BITS = 20
-MAX_SEQ_PART = (1 << SEQ_BITS) - 1
+# Every id Ironflow appends has this millisecond part.
+ID_MS = 0
 # Redis stores both parts of an id as unsigned 64-bit integers and rejects anything larger.
 _MAX_U64 = (1 << 64) - 1
 
 
 def entry_id_to_sequence(entry_id: str) -> int:
-    """The sequence of a full `<ms>-<n>` id; ValueError if `n` does not fit in 20 bits."""
+    """The sequence of a `0-<n>` id; ValueError for ids not written by Ironflow (`<ms>-<n>`, ms > 0)."""
     ms, n = _split(entry_id)
-    if n > MAX_SEQ_PART:
-        raise ValueError(f"entry id {entry_id!r} has a sequence part wider than {SEQ_BITS} bits")
-    return ms << SEQ_BITS | n
+    if ms != ID_MS:
+        raise ValueError(f"entry id {entry_id!r} was not appended by Ironflow (expected 0-<sequence>)")
+    return n
 
 
 def sequence_to_entry_id(sequence: int) -> str:
     if sequence < 0:
         raise ValueError(f"sequence {sequence} is negative")
-    return f"{sequence >> SEQ_BITS}-{sequence & MAX_SEQ_PART}"
+    return f"{ID_MS}-{sequence}"
 
 
 def parse_id(value: str | int, field: str) -> tuple[int, int]:
@@ -40,7 +42,7 @@ def parse_id(value: str | int, field: str) -> tuple[int, int]:
     if isinstance(value, int):
         if value < 0:
             raise invalid_argument(field, f"sequence {value} is negative")
-        return value >> SEQ_BITS, value & MAX_SEQ_PART
+        return ID_MS, value
     try:
         return _split(value)
     except ValueError as exc:

@@ -20,23 +20,24 @@ from ironflow.services.core.errors import not_found
 
 from . import _checks
 from ._base import GroupEntry, PendingEntry, StreamEntry
-from ._ids import MAX_SEQ_PART, SEQ_BITS, parse_id, sequence_to_entry_id
+from ._ids import parse_id, sequence_to_entry_id
 
 # Compacting only once the dead prefix is both large and the majority keeps the copying amortised.
 _COMPACT_MIN = 1024
 
 
-def _after_bound(ms: int, n: int) -> int:
-    """The sequence that "after (ms, n)" excludes up to.
+# Every memory id is `0-<n>`; a position with a millisecond part lies beyond all of them (as on Redis).
+_BEYOND_ALL = 1 << 64
 
-    Memory ids never have n above MAX_SEQ_PART, so a wider n excludes the whole millisecond.
-    """
-    return ms << SEQ_BITS | min(n, MAX_SEQ_PART)
+
+def _after_bound(ms: int, n: int) -> int:
+    """The sequence that "after (ms, n)" excludes up to."""
+    return n if ms == 0 else _BEYOND_ALL
 
 
 def _from_bound(ms: int, n: int) -> int:
     """The first sequence that "from (ms, n)" includes."""
-    return (ms + 1) << SEQ_BITS if n > MAX_SEQ_PART else ms << SEQ_BITS | n
+    return n if ms == 0 else _BEYOND_ALL
 
 
 @dataclass(slots=True)
@@ -87,17 +88,15 @@ class _Log:
 class MemoryStream:
     """The `Stream` contract in one process; share the instance, since each one is a separate store.
 
-    `clock` (epoch seconds) stamps entry ids; `monotonic` measures pending idle time. Both are
-    injectable so tests can move time instead of sleeping. Trimming on append is exact.
+    `monotonic` measures pending idle time; it is injectable so tests can move time instead of
+    sleeping. Ids are `0-<n>` as on Redis (see `_ids`). Trimming on append is exact.
     """
 
     def __init__(
         self,
         *,
-        clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._clock = clock
         self._monotonic = monotonic
         self._logs: dict[str, _Log] = {}
         self._waiters: dict[str, set[asyncio.Event]] = {}
@@ -120,9 +119,8 @@ class MemoryStream:
         log = self._logs.setdefault(stream, _Log())
         added = []
         for one in fields:
-            # Redis's rule: never go backwards, even if the wall clock does; overflowing n rolls into
-            # the next millisecond, which Redis never needs but keeps every id a valid sequence.
-            seq = max(int(self._clock() * 1000) << SEQ_BITS, log.last + 1)
+            # `0-*` on Redis: the next counter value, even after trimming everything.
+            seq = log.last + 1
             log.last = seq
             entry = StreamEntry(sequence_to_entry_id(seq), seq, dict(one))
             log.seqs.append(seq)
@@ -225,7 +223,7 @@ class MemoryStream:
             return 0
         acked = 0
         for ms, n in parsed:
-            if n <= MAX_SEQ_PART and state.pel.pop(ms << SEQ_BITS | n, None) is not None:
+            if ms == 0 and state.pel.pop(n, None) is not None:
                 acked += 1
         return acked
 

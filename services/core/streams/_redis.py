@@ -12,15 +12,19 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
-from ironflow.services.core.errors import ErrorCode, ServiceError, invalid_argument, not_found
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
+from ironflow.services.core.errors import ErrorCode, ServiceError, invalid_argument, not_found
+
 from . import _checks
 from ._base import GroupEntry, PendingEntry, StreamEntry
 from ._ids import entry_id_to_sequence, format_id, parse_id
+
+# Zero milliseconds, automatic counter: dense sequences (see `_ids`). Needs Redis 7.
+_NEXT_ID = "0-*"
 
 # XAUTOCLAIM stops after scanning about 10 x COUNT pending entries and hands back a cursor; looping
 # server-side gives callers "claim up to count" without carrying cursors between calls. Reading each
@@ -83,7 +87,7 @@ class RedisStream:
         _checks.check_maxlen(maxlen)
         payload = dict[FieldT, EncodableT](fields.items())
         with _errors():
-            entry_id = await self._redis.xadd(stream, payload, maxlen=maxlen, approximate=True)
+            entry_id = await self._redis.xadd(stream, payload, id=_NEXT_ID, maxlen=maxlen, approximate=True)
         return _entry(str(entry_id), dict(fields))
 
     async def append_many(
@@ -99,7 +103,7 @@ class RedisStream:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for one in fields:
                     payload = dict[FieldT, EncodableT](one.items())
-                    pipe.xadd(stream, payload, maxlen=maxlen, approximate=True)
+                    pipe.xadd(stream, payload, id=_NEXT_ID, maxlen=maxlen, approximate=True)
                 ids = await pipe.execute()
         return [_entry(str(entry_id), dict(one)) for entry_id, one in zip(ids, fields, strict=True)]
 

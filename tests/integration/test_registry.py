@@ -1,0 +1,128 @@
+"""RegistryService: versioned definitions, validation at registration, reads through the SDK and CLI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+import ironflow
+from ironflow.v1 import functions_pb2, functions_pb2_grpc
+from tests.integration.conftest import LiveServer
+
+
+@pytest.fixture
+async def registry(live_server: LiveServer) -> AsyncIterator[functions_pb2_grpc.RegistryServiceStub]:
+    async with grpc.aio.insecure_channel(live_server.url.removeprefix("http://")) as channel:
+        yield functions_pb2_grpc.RegistryServiceStub(channel)
+
+
+def _definition(
+    function_id: str = "order-handler", *, condition: str = ""
+) -> functions_pb2.FunctionDefinition:
+    trigger = functions_pb2.Trigger(event=functions_pb2.EventTrigger(event="order.placed"))
+    if condition:
+        setattr(trigger.event, "if", condition)
+    return functions_pb2.FunctionDefinition(id=function_id, triggers=[trigger])
+
+
+async def test_versions_increase_only_on_change(
+    registry: functions_pb2_grpc.RegistryServiceStub, live_server: LiveServer
+) -> None:
+    request = functions_pb2.RegisterFunctionsRequest
+    first = await registry.RegisterFunctions(request(functions=[_definition()]))
+    again = await registry.RegisterFunctions(request(functions=[_definition()]))
+    changed = await registry.RegisterFunctions(
+        request(functions=[_definition(condition="event.data.total > 100")])
+    )
+    assert [first.functions[0].version, again.functions[0].version, changed.functions[0].version] == [1, 1, 2]
+
+    async with ironflow.Client(live_server.url) as client:
+        current = await client.get_function("order-handler")
+        original = await client.get_function("order-handler", version=1)
+        listed = await client.list_functions()
+    assert current.version == 2
+    assert current.triggers == [{"event": {"event": "order.placed", "if": "event.data.total > 100"}}]
+    assert original.version == 1
+    assert original.triggers == [{"event": {"event": "order.placed"}}]
+    assert [(f.id, f.version, f.status, f.mode) for f in listed] == [("order-handler", 2, "active", "pull")]
+
+
+async def test_invalid_cel_is_rejected_naming_the_expression_and_nothing_is_stored(
+    registry: functions_pb2_grpc.RegistryServiceStub, live_server: LiveServer
+) -> None:
+    request = functions_pb2.RegisterFunctionsRequest(
+        functions=[_definition("good"), _definition("bad", condition="event.data.total >")]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await registry.RegisterFunctions(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "functions[1].triggers[0].if" in (info.value.details() or "")
+    assert "event.data.total >" in (info.value.details() or "")
+    async with ironflow.Client(live_server.url) as client:
+        assert await client.list_functions() == []
+
+
+@pytest.mark.parametrize(
+    ("definition", "field"),
+    [
+        (functions_pb2.FunctionDefinition(id=""), "functions[0].id"),
+        (functions_pb2.FunctionDefinition(id="has space"), "functions[0].id"),
+        (
+            functions_pb2.FunctionDefinition(
+                id="f", triggers=[functions_pb2.Trigger(event=functions_pb2.EventTrigger(event="a..b"))]
+            ),
+            "functions[0].triggers[0].event",
+        ),
+        (
+            functions_pb2.FunctionDefinition(id="f", mode=functions_pb2.FUNCTION_MODE_PUSH),
+            "functions[0].endpoint_url",
+        ),
+        (
+            functions_pb2.FunctionDefinition(id="f", retry=functions_pb2.RetryPolicy(on_exhausted="explode")),
+            "functions[0].retry.on_exhausted",
+        ),
+    ],
+)
+async def test_bad_definitions_are_invalid_argument_naming_the_field(
+    registry: functions_pb2_grpc.RegistryServiceStub, definition: functions_pb2.FunctionDefinition, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await registry.RegisterFunctions(functions_pb2.RegisterFunctionsRequest(functions=[definition]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (info.value.details() or "").startswith(field)
+
+
+async def test_switching_mode_needs_takeover(registry: functions_pb2_grpc.RegistryServiceStub) -> None:
+    await registry.RegisterFunctions(functions_pb2.RegisterFunctionsRequest(functions=[_definition("f")]))
+    push = functions_pb2.FunctionDefinition(id="f", mode=functions_pb2.FUNCTION_MODE_PUSH)
+    request = functions_pb2.RegisterFunctionsRequest(functions=[push], endpoint_url="http://127.0.0.1:9/api")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await registry.RegisterFunctions(request)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "pull mode" in (info.value.details() or "")
+    assert "push mode" in (info.value.details() or "")
+    request.takeover = True
+    taken = await registry.RegisterFunctions(request)
+    assert taken.functions[0].version == 2
+    assert taken.functions[0].definition.endpoint_url == "http://127.0.0.1:9/api"
+
+
+async def test_pause_delete_and_not_found(
+    registry: functions_pb2_grpc.RegistryServiceStub, live_server: LiveServer
+) -> None:
+    await registry.RegisterFunctions(functions_pb2.RegisterFunctionsRequest(functions=[_definition("f")]))
+    paused = await registry.SetFunctionStatus(
+        functions_pb2.SetFunctionStatusRequest(id="f", status=functions_pb2.FUNCTION_STATUS_PAUSED)
+    )
+    assert paused.function.status == functions_pb2.FUNCTION_STATUS_PAUSED
+    await registry.DeleteFunction(functions_pb2.DeleteFunctionRequest(id="f"))
+    async with ironflow.Client(live_server.url) as client:
+        with pytest.raises(ironflow.IronflowError) as info:
+            await client.get_function("f")
+        assert info.value.code == "NOT_FOUND"
+        assert await client.list_functions() == []
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await registry.DeleteFunction(functions_pb2.DeleteFunctionRequest(id="never-registered"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
