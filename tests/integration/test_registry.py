@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 from collections.abc import AsyncIterator
 
 import grpc
@@ -126,3 +129,39 @@ async def test_pause_delete_and_not_found(
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await registry.DeleteFunction(functions_pb2.DeleteFunctionRequest(id="never-registered"))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_cli_lists_and_shows_functions(
+    registry: functions_pb2_grpc.RegistryServiceStub, live_server: LiveServer
+) -> None:
+    await registry.RegisterFunctions(
+        functions_pb2.RegisterFunctionsRequest(functions=[_definition(condition="event.data.total > 100")])
+    )
+    cli = [sys.executable, "-m", "ironflow.services.server", "--server-url", live_server.url]
+
+    process = await asyncio.create_subprocess_exec(
+        *cli, "--json", "functions", "list", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    assert [(f["id"], f["version"], f["status"]) for f in json.loads(out)] == [("order-handler", 1, "active")]
+
+    process = await asyncio.create_subprocess_exec(
+        *cli,
+        "functions",
+        "get",
+        "order-handler",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    shown = json.loads(out)
+    assert shown["triggers"] == [{"event": {"event": "order.placed", "if": "event.data.total > 100"}}]
+
+    process = await asyncio.create_subprocess_exec(
+        *cli, "functions", "get", "missing", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 1
+    assert "NOT_FOUND" in err.decode()
