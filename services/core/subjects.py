@@ -86,37 +86,44 @@ def _is_bad_char(char: str) -> bool:
     return char.isspace() or not char.isprintable()
 
 
+def _subject_word(what: str, field: str) -> str:
+    """The word that starts a message after `field: `; empty when it would repeat the field's name."""
+    return "" if field.rsplit(".", 1)[-1] == what else f"{what} "
+
+
 def _check_text(value: object, field: str, what: str, max_bytes: int) -> str:
     """Checks shared by names and patterns: a non-empty string of bounded size with no invisible chars."""
+    what = _subject_word(what, field)
     if not isinstance(value, str):
-        raise invalid_argument(field, f"{what} must be a string, got {type(value).__name__}")
+        raise invalid_argument(field, f"{what}must be a string, got {type(value).__name__}")
     if not value:
-        raise invalid_argument(field, f"{what} must not be empty")
+        raise invalid_argument(field, f"{what}must not be empty")
     # len() counts characters, and a character is at least one UTF-8 byte, so a long string is rejected
     # without encoding it; surrogatepass keeps lone surrogates from raising here (they fail below).
     if len(value) > max_bytes or len(value.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise invalid_argument(field, f"{what} must be at most {max_bytes} bytes (UTF-8): {_show(value)}")
+        raise invalid_argument(field, f"{what}must be at most {max_bytes} bytes (UTF-8): {_show(value)}")
     if any(_is_bad_char(c) for c in value):
         raise invalid_argument(
-            field, f"{what} must not contain whitespace or control characters: {_show(value)}"
+            field, f"{what}must not contain whitespace or control characters: {_show(value)}"
         )
     return value
 
 
 def _check_name_token(token: str, text: str, field: str, what: str) -> None:
+    what = _subject_word(what, field)
     if not token:
         raise invalid_argument(
-            field, f"{what} has an empty token (leading, trailing or doubled '.'): {_show(text)}"
+            field, f"{what}has an empty token (leading, trailing or doubled '.'): {_show(text)}"
         )
     if WILDCARD_ONE in token or WILDCARD_TAIL in token:
-        raise invalid_argument(field, f"{what} must not contain wildcards '*' or '>': {_show(text)}")
+        raise invalid_argument(field, f"{what}must not contain wildcards '*' or '>': {_show(text)}")
     if ":" in token:
-        raise invalid_argument(field, f"{what} must not contain ':': {_show(text)}")
+        raise invalid_argument(field, f"{what}must not contain ':': {_show(text)}")
     if _NAME_TOKEN.fullmatch(token) is None:
         bad = next(c for c in token if c not in _NAME_TOKEN_CHARS)
         raise invalid_argument(
             field,
-            f"{what} may only use ASCII letters, digits, '_' and '-' between dots, found {bad!r}: "
+            f"{what}may only use ASCII letters, digits, '_' and '-' between dots, found {bad!r}: "
             f"{_show(text)}",
         )
 

@@ -252,3 +252,16 @@ async def test_buf_curl_gets_the_event_over_grpc_with_reflection(live_server: Li
     )
     assert code == 0, err
     assert json.loads(out)["event"]["data"] == ORDER
+
+
+async def test_concurrent_emits_with_one_idempotency_key_store_and_stream_one_event(
+    live_server: LiveServer,
+) -> None:
+    async with ironflow.Client(live_server.url) as client:
+        results = await asyncio.gather(
+            *(client.emit("order.placed", {"n": i}, idempotency_key="same-key") for i in range(10))
+        )
+    assert len({r.event_id for r in results}) == 1
+    assert sum(not r.duplicate for r in results) == 1
+    assert await live_server.count_events() == 1
+    assert [m.event_id for m in await _firehose(live_server)] == [results[0].event_id]
