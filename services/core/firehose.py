@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-FIREHOSE_STREAM = "ironflow:firehose"
-
 
 def firehose_key(prefix: str = "ironflow") -> str:
     """The stream key; a prefix lets several deployments (or test runs) share one Redis."""
     return f"{prefix}:firehose"
+
+
+FIREHOSE_STREAM = firehose_key()
 
 
 # Kept on the stream for replay and resumption; Postgres/SQLite keep events forever regardless.

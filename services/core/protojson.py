@@ -41,26 +41,10 @@ def dict_to_struct(data: dict[str, Any]) -> struct_pb2.Struct:
     return message
 
 
-def value_to_python(message: struct_pb2.Value) -> Any:
-    if message.WhichOneof("kind") is None:
-        return None
-    return _normalise(json_format.MessageToDict(message))
-
-
-def python_to_value(value: Any) -> struct_pb2.Value:
-    message = struct_pb2.Value()
-    json_format.ParseDict(value, message)
-    return message
-
-
 def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     message = timestamp_pb2.Timestamp()
     message.FromDatetime(value.astimezone(UTC))
     return message
-
-
-def from_timestamp(message: timestamp_pb2.Timestamp) -> datetime:
-    return message.ToDatetime(tzinfo=UTC)
 
 
 def json_size(value: Any) -> int:

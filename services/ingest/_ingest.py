@@ -183,6 +183,10 @@ class Ingest:
         if batch:
             try:
                 await self._store.record_stream_sequences(batch)
+            except asyncio.CancelledError:
+                # Stopping mid-commit (the transaction rolled back): keep the batch for stop()'s flush.
+                self._recorded = batch + self._recorded
+                raise
             except Exception:
                 # Unrecorded events are re-appended by the relay: a duplicate on the stream, never a loss.
                 log.exception("could not record stream sequences of %d events", len(batch))

@@ -12,7 +12,7 @@ from ironflow.services.core.subjects import subject_for
 from ironflow.v1 import common_pb2, events_pb2
 from ironflow.v1.events_connect import EventService
 
-from ._ingest import Ingest
+from ._ingest import Accepted, Ingest
 from ._store import StoredEvent
 
 Ctx = RequestContext[Any, Any]
@@ -36,13 +36,18 @@ class EventServiceRpc(EventService):
     def __init__(self, ingest: Ingest) -> None:
         self._ingest = ingest
 
-    async def emit(self, request: events_pb2.EmitRequest, ctx: Ctx) -> events_pb2.EmitResponse:
-        accepted, run_ids = await self._ingest.emit(
+    async def _emit(
+        self, request: events_pb2.EmitRequest | events_pb2.EmitSyncRequest
+    ) -> tuple[Accepted, list[str]]:
+        return await self._ingest.emit(
             request.name,
             struct_to_dict(request.data),
             idempotency_key=request.idempotency_key,
             metadata=dict(request.metadata),
         )
+
+    async def emit(self, request: events_pb2.EmitRequest, ctx: Ctx) -> events_pb2.EmitResponse:
+        accepted, run_ids = await self._emit(request)
         return events_pb2.EmitResponse(
             event_id=accepted.event.id,
             run_ids=run_ids,
@@ -51,12 +56,7 @@ class EventServiceRpc(EventService):
         )
 
     async def emit_sync(self, request: events_pb2.EmitSyncRequest, ctx: Ctx) -> events_pb2.EmitSyncResponse:
-        accepted, run_ids = await self._ingest.emit(
-            request.name,
-            struct_to_dict(request.data),
-            idempotency_key=request.idempotency_key,
-            metadata=dict(request.metadata),
-        )
+        accepted, run_ids = await self._emit(request)
         if run_ids:
             # Waiting for runs arrives with the scheduler; until then no event starts a run.
             raise ServiceError(ErrorCode.UNIMPLEMENTED, "EmitSync cannot wait for runs yet")

@@ -7,11 +7,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from ironflow.services.core.errors import ErrorCode, ServiceError
 from ironflow.services.core.http import ASGIApp, Receive, Scope, Send, send_error, send_json
 
-Lifecycle = Callable[[], Awaitable[None]]
-
 
 class Router:
-    """Prefix routing plus the ASGI lifespan, which starts and stops the services.
+    """Prefix routing. Services are started before serving and stopped after, by the server
+    itself (so a bad database URL fails before the port is bound); lifespan only says "ready".
 
     Connect apps are mounted at `/<package>.<Service>/`; REST apps at their `/api/v1/...` prefix.
     Longest prefix wins, so `/api/v1/events` and `/api/v1/runs` can belong to different services.
@@ -22,13 +21,9 @@ class Router:
         routes: Sequence[tuple[str, ASGIApp]],
         *,
         exact: Sequence[tuple[str, ASGIApp]] = (),
-        on_startup: Lifecycle | None = None,
-        on_shutdown: Lifecycle | None = None,
     ) -> None:
         self._routes = sorted(routes, key=lambda route: len(route[0]), reverse=True)
         self._exact = dict(exact)
-        self._on_startup = on_startup
-        self._on_shutdown = on_shutdown
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -49,16 +44,8 @@ class Router:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                try:
-                    if self._on_startup is not None:
-                        await self._on_startup()
-                except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
-                    await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
-                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._on_shutdown is not None:
-                    await self._on_shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
