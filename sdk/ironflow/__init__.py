@@ -3,20 +3,46 @@
 client = ironflow.Client()                       # or ironflow.SyncClient() in scripts
 r = await client.emit("order.placed", {"orderId": "ord_123"})
 r.event_id, r.run_ids
+
+@ironflow.function(id="order-handler", triggers=[ironflow.on_event("order.placed")])
+async def order_handler(ctx: ironflow.Context):
+    return await ctx.step.run("charge", charge_card, ctx.event.data["orderId"])
+
+await ironflow.Worker(functions=[order_handler]).run()
 """
 
 from ._client import Client
-from ._errors import IronflowError
-from ._models import EmitResult, Event, EventPage, FunctionInfo, PublishResult
+from ._context import Context, Steps
+from ._errors import IronflowError, NonRetryableError, RetryAfterError, StepError
+from ._function import CronTrigger, EventTrigger, Function, Retry, function, on_cron, on_event
+from ._models import EmitResult, Event, EventPage, FunctionInfo, PublishResult, Run, RunError, RunPage, Step
 from ._sync import SyncClient
+from ._worker import Worker
 
 __all__ = [
     "Client",
+    "Context",
+    "CronTrigger",
     "EmitResult",
     "Event",
     "EventPage",
+    "EventTrigger",
+    "Function",
     "FunctionInfo",
     "IronflowError",
+    "NonRetryableError",
     "PublishResult",
+    "Retry",
+    "RetryAfterError",
+    "Run",
+    "RunError",
+    "RunPage",
+    "Step",
+    "StepError",
+    "Steps",
     "SyncClient",
+    "Worker",
+    "function",
+    "on_cron",
+    "on_event",
 ]

@@ -17,11 +17,23 @@ from ironflow.v1 import (
     events_pb2_grpc,
     functions_pb2,
     functions_pb2_grpc,
+    runs_pb2,
+    runs_pb2_grpc,
 )
 
-from ._convert import from_struct, from_timestamp, to_struct
+from ._convert import from_struct, from_timestamp, from_value, to_struct
 from ._errors import IronflowError
-from ._models import EmitResult, Event, EventPage, FunctionInfo, PublishResult
+from ._models import (
+    EmitResult,
+    Event,
+    EventPage,
+    FunctionInfo,
+    PublishResult,
+    Run,
+    RunError,
+    RunPage,
+    Step,
+)
 
 DEFAULT_SERVER_URL = "http://localhost:9123"
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -34,6 +46,26 @@ _STATUS_NAMES = {
     functions_pb2.FUNCTION_STATUS_DELETED: "deleted",
 }
 _MODE_NAMES = {functions_pb2.FUNCTION_MODE_PULL: "pull", functions_pb2.FUNCTION_MODE_PUSH: "push"}
+RUN_STATUSES: dict[str, runs_pb2.RunStatus.ValueType] = {
+    "queued": runs_pb2.RUN_STATUS_QUEUED,
+    "running": runs_pb2.RUN_STATUS_RUNNING,
+    "sleeping": runs_pb2.RUN_STATUS_SLEEPING,
+    "waiting": runs_pb2.RUN_STATUS_WAITING,
+    "completed": runs_pb2.RUN_STATUS_COMPLETED,
+    "failed": runs_pb2.RUN_STATUS_FAILED,
+    "cancelled": runs_pb2.RUN_STATUS_CANCELLED,
+    "paused": runs_pb2.RUN_STATUS_PAUSED,
+}
+_RUN_STATUS_NAMES = {value: name for name, value in RUN_STATUSES.items()}
+_STEP_STATUS_NAMES = {
+    runs_pb2.STEP_STATUS_RUNNING: "running",
+    runs_pb2.STEP_STATUS_COMPLETED: "completed",
+    runs_pb2.STEP_STATUS_FAILED: "failed",
+    runs_pb2.STEP_STATUS_RETRYING: "retrying",
+    runs_pb2.STEP_STATUS_SLEEPING: "sleeping",
+    runs_pb2.STEP_STATUS_WAITING: "waiting",
+    runs_pb2.STEP_STATUS_CANCELLED: "cancelled",
+}
 
 
 def resolve_server_url(server_url: str | None) -> str:
@@ -70,6 +102,7 @@ class Client:
         self._channel = _channel(self.server_url)
         self._events = events_pb2_grpc.EventServiceStub(self._channel)
         self._registry = functions_pb2_grpc.RegistryServiceStub(self._channel)
+        self._scheduler = runs_pb2_grpc.SchedulerServiceStub(self._channel)
 
     async def __aenter__(self) -> Client:
         return self
@@ -168,6 +201,59 @@ class Client:
         response: functions_pb2.GetFunctionResponse = await self._call(self._registry.GetFunction, request)
         return _function(response.function)
 
+    # -- runs ---------------------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> Run:
+        response: runs_pb2.GetRunResponse = await self._call(
+            self._scheduler.GetRun, runs_pb2.GetRunRequest(id=run_id)
+        )
+        return _run(response.run)
+
+    async def list_runs(
+        self,
+        *,
+        function_id: str | None = None,
+        status: str | None = None,
+        event_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Runs, newest first, optionally only those of one function, status or event.
+
+        The page iterates over its runs; pass `next_cursor` back as `cursor` for the next page.
+        """
+        status_value: runs_pb2.RunStatus.ValueType = runs_pb2.RUN_STATUS_UNSPECIFIED
+        if status is not None:
+            if status not in RUN_STATUSES:
+                raise IronflowError(
+                    "INVALID_ARGUMENT",
+                    f"status: must be one of {', '.join(RUN_STATUSES)}, got {status!r}",
+                )
+            status_value = RUN_STATUSES[status]
+        request = runs_pb2.ListRunsRequest(
+            function_id=function_id or "",
+            status=status_value,
+            event_id=event_id or "",
+            limit=limit,
+            cursor=cursor or "",
+        )
+        response: runs_pb2.ListRunsResponse = await self._call(self._scheduler.ListRuns, request)
+        return RunPage(runs=[_run(r) for r in response.runs], next_cursor=response.next_cursor)
+
+    async def get_run_steps(self, run_id: str) -> list[Step]:
+        """The steps a run has recorded so far, in the order they started."""
+        response: runs_pb2.GetRunStepsResponse = await self._call(
+            self._scheduler.GetRunSteps, runs_pb2.GetRunStepsRequest(run_id=run_id)
+        )
+        return [_step(s) for s in response.steps]
+
+    async def cancel_run(self, run_id: str, reason: str | None = None) -> Run:
+        """Cancel a run that has not ended; raises FAILED_PRECONDITION if it already has."""
+        response: runs_pb2.CancelRunResponse = await self._call(
+            self._scheduler.CancelRun, runs_pb2.CancelRunRequest(id=run_id, reason=reason or "")
+        )
+        return _run(response.run)
+
     # -- plumbing -----------------------------------------------------------------------------
 
     async def _call(self, method: Callable[..., Awaitable[T]], request: Any) -> T:
@@ -227,3 +313,44 @@ def _function(message: functions_pb2.Function) -> FunctionInfo:
         updated_at=from_timestamp(message.updated_at),
         definition=definition,
     )
+
+
+def _run_error(message: common_pb2.ErrorInfo) -> RunError:
+    return RunError(code=message.code, message=message.message, details=message.details)
+
+
+def _run(message: runs_pb2.Run) -> Run:
+    return Run(
+        id=message.id,
+        function_id=message.function_id,
+        function_version=message.function_version,
+        event_id=message.event_id,
+        status=_RUN_STATUS_NAMES.get(message.status, "unknown"),
+        attempt=message.attempt,
+        output=from_value(message.output) if message.HasField("output") else None,
+        error=_run_error(message.error) if message.HasField("error") else None,
+        parent_run_id=message.parent_run_id or None,
+        created_at=from_timestamp(message.created_at),
+        started_at=from_timestamp(message.started_at),
+        ended_at=from_timestamp(message.ended_at),
+    )
+
+
+def _step(message: runs_pb2.Step) -> Step:
+    return Step(
+        id=message.id,
+        name=message.name,
+        kind=message.kind,
+        status=_STEP_STATUS_NAMES.get(message.status, "unknown"),
+        attempt=message.attempt,
+        output=from_value(message.output) if message.HasField("output") else None,
+        error=_run_error(message.error) if message.HasField("error") else None,
+        started_at=from_timestamp(message.started_at),
+        ended_at=from_timestamp(message.ended_at),
+    )
+
+
+# Shared with the worker's transports and job execution.
+grpc_channel = _channel
+rpc_error = _error
+event_from_proto = _event

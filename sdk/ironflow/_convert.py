@@ -34,6 +34,22 @@ def from_struct(message: struct_pb2.Struct) -> dict[str, Any]:
     return result
 
 
+def from_value(message: struct_pb2.Value) -> Any:
+    """A `google.protobuf.Value` as plain JSON (None for null or an unset value), integral floats as int."""
+    kind = message.WhichOneof("kind")
+    if kind == "struct_value":
+        return {key: from_value(item) for key, item in message.struct_value.fields.items()}
+    if kind == "list_value":
+        return [from_value(item) for item in message.list_value.values]
+    if kind == "number_value":
+        return _normalise(message.number_value)
+    if kind == "string_value":
+        return message.string_value
+    if kind == "bool_value":
+        return message.bool_value
+    return None
+
+
 def from_timestamp(message: timestamp_pb2.Timestamp) -> datetime | None:
     if message.seconds == 0 and message.nanos == 0:
         return None

@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 
 class IronflowError(Exception):
     """A failed call. `code` is a stable string such as "INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE"."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class NonRetryableError(Exception):
+    """Raise from a step or handler to fail at once, without retries."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RetryAfterError(Exception):
+    """Raise to be retried after `retry_after` (seconds, timedelta or a string such as "30s")."""
+
+    def __init__(self, message: str, retry_after: float | str | timedelta) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class StepError(Exception):
+    """A step failed for good (retries exhausted or non-retryable). Catch it to handle the failure;
+    left uncaught it fails the run with the step's error."""
+
+    def __init__(self, step_id: str, code: str, message: str) -> None:
+        super().__init__(f"step {step_id!r} failed: {code}: {message}")
+        self.step_id = step_id
         self.code = code
         self.message = message

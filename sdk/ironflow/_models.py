@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -56,3 +57,62 @@ class FunctionInfo:
     updated_at: datetime | None
     # The whole definition as JSON (retry, timeout, flow control, ...).
     definition: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunError:
+    """Why a run or step failed (or was cancelled): a stable `code` and a human `message`."""
+
+    code: str
+    message: str
+    details: str = ""
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    function_id: str
+    function_version: int
+    event_id: str
+    # "queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled" or "paused".
+    status: str
+    attempt: int
+    # What the handler returned (plain JSON); None until the run completes.
+    output: Any
+    error: RunError | None
+    # Set when another run started this one with invoke.
+    parent_run_id: str | None
+    created_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of runs, newest first. Iterating it yields the runs."""
+
+    runs: list[Run]
+    # Pass to the next call to continue; empty when this was the last page.
+    next_cursor: str
+
+    def __iter__(self) -> Iterator[Run]:
+        return iter(self.runs)
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+
+@dataclass(frozen=True)
+class Step:
+    # Deterministic within the run: the name plus an occurrence counter ("charge", "charge:1").
+    id: str
+    name: str
+    # "run", "sleep", "wait_for_event", "invoke", "parallel", "map", "publish", ...
+    kind: str
+    # "running", "completed", "failed", "retrying", "sleeping", "waiting" or "cancelled".
+    status: str
+    attempt: int
+    output: Any
+    error: RunError | None
+    started_at: datetime | None
+    ended_at: datetime | None

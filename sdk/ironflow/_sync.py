@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._client import DEFAULT_TIMEOUT_SECONDS, Client
-from ._models import EmitResult, Event, EventPage, FunctionInfo, PublishResult
+from ._models import EmitResult, Event, EventPage, FunctionInfo, PublishResult, Run, RunPage, Step
 
 T = TypeVar("T")
 
@@ -94,6 +94,30 @@ class SyncClient:
 
     def get_function(self, function_id: str, *, version: int | None = None) -> FunctionInfo:
         return self._run(self._client.get_function(function_id, version=version))
+
+    def get_run(self, run_id: str) -> Run:
+        return self._run(self._client.get_run(run_id))
+
+    def list_runs(
+        self,
+        *,
+        function_id: str | None = None,
+        status: str | None = None,
+        event_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        return self._run(
+            self._client.list_runs(
+                function_id=function_id, status=status, event_id=event_id, limit=limit, cursor=cursor
+            )
+        )
+
+    def get_run_steps(self, run_id: str) -> list[Step]:
+        return self._run(self._client.get_run_steps(run_id))
+
+    def cancel_run(self, run_id: str, reason: str | None = None) -> Run:
+        return self._run(self._client.cancel_run(run_id, reason))
 
 
 async def _make_client(server_url: str | None, api_key: str | None, call_timeout: float) -> Client:

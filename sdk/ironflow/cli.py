@@ -11,16 +11,19 @@ import dataclasses
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.measure import Measurement
+from rich.table import Column, Table
+from rich.text import Text
 
-from ._client import Client
+from ._client import RUN_STATUSES, Client
 from ._errors import IronflowError
+from ._models import Run, RunError, Step
 
 T = TypeVar("T")
 
@@ -112,6 +115,8 @@ def build_app() -> typer.Typer:
     functions_app = typer.Typer(help="Registered functions.", no_args_is_help=True)
     app.add_typer(events_app, name="events")
     app.add_typer(functions_app, name="functions")
+    runs_app = typer.Typer(help="Runs of functions: inspect and cancel.", no_args_is_help=True)
+    app.add_typer(runs_app, name="runs")
 
     @app.callback()
     def main_options(
@@ -211,7 +216,187 @@ def build_app() -> typer.Typer:
         function = _with_client(ctx, lambda c: c.get_function(function_id, version=version))
         _print_json(function)
 
+    @runs_app.command("list")
+    def runs_list(
+        ctx: typer.Context,
+        function_id: Annotated[
+            str | None, typer.Option("--function", help="Only runs of this function.")
+        ] = None,
+        status: Annotated[
+            str | None, typer.Option("--status", help=f"Only runs in this status: {', '.join(RUN_STATUSES)}.")
+        ] = None,
+        event_id: Annotated[
+            str | None, typer.Option("--event", help="Only runs started by this event.")
+        ] = None,
+        limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 20,
+        cursor: Annotated[str | None, typer.Option("--cursor", help="Continue from a previous page.")] = None,
+        json_: JsonFlag = False,
+    ) -> None:
+        """List runs, newest first."""
+        page = _with_client(
+            ctx,
+            lambda c: c.list_runs(
+                function_id=function_id, status=status, event_id=event_id, limit=limit, cursor=cursor
+            ),
+        )
+        if json_ or _options(ctx).json:
+            _print_json(page)
+            return
+        table = Table(_id_column(), "function", "status", "attempt", "created (UTC)", "duration")
+        for run in page.runs:
+            table.add_row(
+                run.id,
+                run.function_id,
+                _status(run.status),
+                str(run.attempt),
+                _stamp(run.created_at),
+                _duration(run.started_at, run.ended_at),
+            )
+        _print_table(table)
+        if page.next_cursor:
+            stdout.print(f"more: --cursor {page.next_cursor}", highlight=False, soft_wrap=True)
+
+    @runs_app.command("get")
+    def runs_get(
+        ctx: typer.Context, run_id: Annotated[str, typer.Argument()], json_: JsonFlag = False
+    ) -> None:
+        """Show one run: status, timing, output or error."""
+        run = _with_client(ctx, lambda c: c.get_run(run_id))
+        if json_ or _options(ctx).json:
+            _print_json(run)
+        else:
+            _print_run(run)
+
+    @runs_app.command("steps")
+    def runs_steps(
+        ctx: typer.Context, run_id: Annotated[str, typer.Argument()], json_: JsonFlag = False
+    ) -> None:
+        """List the steps a run has recorded, in the order they started."""
+        steps = _with_client(ctx, lambda c: c.get_run_steps(run_id))
+        if json_ or _options(ctx).json:
+            _print_json(steps)
+            return
+        if not steps:
+            stdout.print(f"run {run_id} has recorded no steps yet", highlight=False)
+            return
+        table = Table(_id_column(), "name", "status", "attempt", "duration", "output / error")
+        for step in steps:
+            table.add_row(
+                Text(step.id),
+                Text(step.name),
+                _status(step.status),
+                str(step.attempt),
+                _duration(step.started_at, step.ended_at),
+                _outcome(step),
+            )
+        _print_table(table)
+
+    @runs_app.command("cancel")
+    def runs_cancel(
+        ctx: typer.Context,
+        run_id: Annotated[str, typer.Argument()],
+        reason: Annotated[str | None, typer.Option("--reason", help="Recorded as the run's error.")] = None,
+        json_: JsonFlag = False,
+    ) -> None:
+        """Cancel a run that has not ended yet."""
+        run = _with_client(ctx, lambda c: c.cancel_run(run_id, reason))
+        if json_ or _options(ctx).json:
+            _print_json(run)
+        else:
+            stdout.print(f"run {run.id} {run.status}", highlight=False)
+
     return app
+
+
+def _id_column() -> Column:
+    # Ids are for copying into the next command: fold one that does not fit, never cut it short.
+    return Column("id", overflow="fold")
+
+
+def _print_table(table: Table) -> None:
+    """In a terminal the table fits the window; piped, it keeps its natural width so lines stay whole."""
+    if not stdout.is_terminal:
+        natural = Measurement.get(stdout, stdout.options.update_width(10_000), table).maximum
+        table.width = max(stdout.width, natural) if table.expand else natural
+    stdout.print(table, crop=False)
+
+
+_STATUS_STYLES = {
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "retrying": "magenta",
+}
+
+
+def _status(status: str) -> Text:
+    return Text(status, style=_STATUS_STYLES.get(status, ""))
+
+
+def _stamp(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _duration(started_at: datetime | None, ended_at: datetime | None) -> str:
+    """How long it ran (so far, if it has not ended); empty if it has not started."""
+    if started_at is None:
+        return ""
+    seconds = max(((ended_at or datetime.now(UTC)) - started_at).total_seconds(), 0.0)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def _error_text(error: RunError) -> str:
+    return f"{error.code}: {error.message}" if error.message else error.code
+
+
+def _outcome(step: Step) -> Text:
+    if step.error is not None:
+        return Text(_short(_error_text(step.error), 50), style="red")
+    if step.status == "completed":
+        return Text(_short(json.dumps(step.output, ensure_ascii=False), 50))
+    return Text("")
+
+
+def _print_run(run: Run) -> None:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    rows: list[tuple[str, str | Text]] = [
+        ("run", run.id),
+        ("function", f"{run.function_id} (version {run.function_version})"),
+        ("event", run.event_id or "-"),
+        ("status", _status(run.status)),
+        ("attempt", str(run.attempt)),
+    ]
+    if run.parent_run_id:
+        rows.append(("parent run", run.parent_run_id))
+    rows += [
+        ("created", _stamp(run.created_at) or "-"),
+        ("started", _stamp(run.started_at) or "-"),
+        ("ended", _stamp(run.ended_at) or "-"),
+        ("duration", _duration(run.started_at, run.ended_at) or "-"),
+    ]
+    if run.status == "completed" or run.output is not None:
+        rows.append(("output", json.dumps(run.output, indent=2, ensure_ascii=False)))
+    if run.error is not None:
+        rows.append(("error", Text(_error_text(run.error), style="red")))
+        if run.error.details:
+            rows.append(("details", run.error.details))
+    for key, value in rows:
+        grid.add_row(key, value if isinstance(value, Text) else Text(value))
+    stdout.print(grid)
 
 
 def _short(text: str, width: int = 60) -> str:

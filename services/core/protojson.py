@@ -12,7 +12,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 _MAX_EXACT_INT = 2**53
 
@@ -50,3 +50,21 @@ def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 def json_size(value: Any) -> int:
     """Bytes of the compact JSON encoding: what payload limits are measured in."""
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def value_to_python(message: struct_pb2.Value) -> Any:
+    """A `google.protobuf.Value` as plain JSON-like Python (None when unset)."""
+    if message.WhichOneof("kind") is None:
+        return None
+    return _normalise(json_format.MessageToDict(message))
+
+
+def python_to_value(value: Any) -> struct_pb2.Value:
+    message = struct_pb2.Value()
+    json_format.ParseDict(value, message)
+    return message
+
+
+def duration_seconds(message: duration_pb2.Duration) -> float:
+    """A `google.protobuf.Duration` in seconds."""
+    return message.seconds + message.nanos / 1e9

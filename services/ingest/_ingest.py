@@ -71,6 +71,7 @@ class Ingest:
         self._clock = clock
         self._ids = ids
         self._recorded: list[tuple[str, int]] = []
+        self._triggered: list[tuple[str, list[str]]] = []
         self._record_wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -97,10 +98,11 @@ class Ingest:
         self, name: str, data: Any, *, idempotency_key: Any = None, metadata: Any = None
     ) -> tuple[Accepted, list[str]]:
         accepted = await self._accept("events", name, data, idempotency_key, metadata, field="name")
-        if accepted.duplicate:
-            return accepted, list(accepted.event.run_ids or [])
-        run_ids = await self._trigger(accepted.event) if self._trigger is not None else []
-        return accepted, run_ids
+        if accepted.duplicate and accepted.event.run_ids is not None:
+            return accepted, list(accepted.event.run_ids)
+        # A first emit, or a repeat of one whose triggering is not recorded yet (triggering is
+        # idempotent, so asking again returns the same runs).
+        return accepted, await self._trigger_event(accepted.event)
 
     async def publish(
         self, topic: str, data: Any, *, idempotency_key: Any = None, metadata: Any = None
@@ -150,8 +152,8 @@ class Ingest:
             created_at=self._clock(),
             position=0,
             stream_sequence=None,
-            # No scheduler yet: record "no runs" with the event so a duplicate emit can answer alike.
-            run_ids=[] if self._trigger is None or namespace != "events" else None,
+            # Set once triggering is recorded; topic messages never start runs.
+            run_ids=[] if namespace != "events" else None,
         )
         stored, duplicate = await self._store.insert(event)
         if duplicate:
@@ -178,7 +180,22 @@ class Ingest:
         self._record_wakeup.set()
         return entry.sequence
 
+    async def _trigger_event(self, event: StoredEvent) -> list[str]:
+        """Start the event's runs. If the scheduler cannot be reached the event stays untriggered and
+        the sweeper hands it over later: the emit succeeds, nothing is lost."""
+        if self._trigger is None:
+            return []
+        try:
+            run_ids = await self._trigger(event)
+        except Exception as exc:  # noqa: BLE001 - any failure: the event is stored, the sweeper retries
+            log.warning("event %s stored but not yet triggered (%s); the sweeper will retry", event.id, exc)
+            return []
+        self._triggered.append((event.id, run_ids))
+        self._record_wakeup.set()
+        return run_ids
+
     async def _flush_recorded(self) -> None:
+        await self._flush_triggered()
         batch, self._recorded = self._recorded, []
         if batch:
             try:
@@ -190,6 +207,41 @@ class Ingest:
             except Exception:
                 # Unrecorded events are re-appended by the relay: a duplicate on the stream, never a loss.
                 log.exception("could not record stream sequences of %d events", len(batch))
+
+    async def _flush_triggered(self) -> None:
+        batch, self._triggered = self._triggered, []
+        if not batch:
+            return
+        try:
+            await self._store.record_triggered(batch, at=self._clock())
+        except asyncio.CancelledError:
+            self._triggered = batch + self._triggered
+            raise
+        except Exception:
+            # Unrecorded ones are triggered again by the sweeper, which finds the same runs.
+            log.exception("could not record the triggering of %d events", len(batch))
+
+    async def sweep_untriggered(self, *, batch_size: int = 200) -> int:
+        """Hand the scheduler events whose triggering was never recorded. Returns how many."""
+        if self._trigger is None:
+            return 0
+        await self._flush_triggered()
+        pending = await self._store.untriggered(
+            created_before=self._clock() - self._settings.outbox_grace, limit=batch_size
+        )
+        done = 0
+        for event in pending:
+            try:
+                run_ids = await self._trigger(event)
+            except Exception as exc:  # noqa: BLE001 - the scheduler is still away; try again next round
+                log.warning("triggering event %s failed (%s); will retry", event.id, exc)
+                break
+            self._triggered.append((event.id, run_ids))
+            done += 1
+        await self._flush_triggered()
+        if done:
+            log.info("trigger sweeper handed %d events to the scheduler", done)
+        return done
 
     async def _record_sequences_forever(self) -> None:
         # One transaction per batch of appended events, not one per event.
@@ -206,6 +258,10 @@ class Ingest:
                 await self.relay_outbox()
             except Exception:
                 log.exception("outbox relay failed; retrying in %s", self._settings.outbox_interval)
+            try:
+                await self.sweep_untriggered()
+            except Exception:
+                log.exception("trigger sweeper failed; retrying in %s", self._settings.outbox_interval)
 
     async def relay_outbox(self, *, batch_size: int = 500) -> int:
         """Append events that were stored but never recorded as streamed. Returns how many."""

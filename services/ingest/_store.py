@@ -117,6 +117,37 @@ class EventStore:
 
         await self._db.run(work)
 
+    async def record_triggered(self, triggered: Sequence[tuple[str, list[str]]], *, at: datetime) -> None:
+        """Mark events as handed to the scheduler, with the runs they started (one commit per batch)."""
+        if not triggered:
+            return
+        statement = (
+            events.update()
+            .where(events.c.id == sa.bindparam("event_id"))
+            .values(triggered_at=at, run_ids=sa.bindparam("run_ids"))
+        )
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(statement, [{"event_id": e, "run_ids": r} for e, r in triggered])
+
+        await self._db.run(work)
+
+    async def untriggered(self, *, created_before: datetime, limit: int) -> list[StoredEvent]:
+        """User events the scheduler never confirmed (it was down, or the process died in between)."""
+        query = (
+            sa.select(events)
+            .where(
+                events.c.triggered_at.is_(None),
+                events.c.namespace == "events",
+                events.c.created_at < created_before,
+            )
+            .order_by(events.c.position)
+            .limit(limit)
+        )
+        async with self._db.reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_from_row(row) for row in rows]
+
     async def unstreamed(self, *, created_before: datetime, limit: int) -> list[StoredEvent]:
         """Events whose append to the stream never got recorded (the outbox)."""
         query = (

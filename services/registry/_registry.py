@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -96,6 +97,7 @@ class Registry:
         clock: Clock = utc_now,
         ids: IdSource = random_id,
     ) -> None:
+        self._change_listeners: list[Callable[[], None]] = []
         self._db = db
         self._firehose = firehose
         self._stream = stream
@@ -131,7 +133,10 @@ class Registry:
             return [await self._upsert(conn, d, takeover=takeover) for d in normalised]
 
         results = await self._db.run(work)
-        await self._announce([stored for stored, changed in results if changed])
+        changed = [stored for stored, was_changed in results if was_changed]
+        if changed:
+            self._changed()
+        await self._announce(changed)
         return [stored for stored, _ in results]
 
     async def _upsert(
@@ -277,6 +282,15 @@ class Registry:
 
         if await self._db.run(work) == 0:
             raise not_found("function", function_id)
+        self._changed()
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after every committed change (an in-process reader refreshes its copy)."""
+        self._change_listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._change_listeners:
+            listener()
 
     async def _announce(self, changed: list[StoredFunction]) -> None:
         """Publish `system.function.<id>.registered` for each new or changed definition."""

@@ -1,5 +1,20 @@
-"""The scheduler service (SchedulerService). Its RPCs answer UNIMPLEMENTED until their issue lands."""
+"""The scheduler service (SchedulerService): triggering, runs and steps, leases, retries, timeouts."""
 
+from ._catalog import CompiledFunction, FunctionCatalog, FunctionSource
+from ._options import RunOptions
+from ._rest import RunsRestApp
 from ._rpc import SchedulerServiceRpc
+from ._scheduler import Scheduler, SchedulerSettings
+from ._system_events import step_token
 
-__all__ = ["SchedulerServiceRpc"]
+__all__ = [
+    "CompiledFunction",
+    "FunctionCatalog",
+    "FunctionSource",
+    "RunOptions",
+    "RunsRestApp",
+    "Scheduler",
+    "SchedulerServiceRpc",
+    "SchedulerSettings",
+    "step_token",
+]

@@ -16,21 +16,38 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from sqlalchemy.engine import make_url
 
+from ironflow.services.core.errors import invalid_argument
 from ironflow.services.core.firehose import firehose_key
 from ironflow.services.core.grpc_health import HEALTH_SERVICE_NAME, SERVING, HealthService, health_asgi_app
 from ironflow.services.core.grpc_reflection import REFLECTION_SERVICE_NAMES, reflection_asgi_apps
 from ironflow.services.core.http import ASGIApp
 from ironflow.services.core.hypercorn_h2 import install_late_data_guard
 from ironflow.services.core.rpc import ErrorInterceptor
+from ironflow.services.core.signals import RunNotices
 from ironflow.services.core.storage import Database, migrate
 from ironflow.services.core.streams import Stream, open_stream
-from ironflow.services.ingest import EventServiceRpc, EventsRestApp, Ingest, IngestSettings
-from ironflow.services.registry import Registry, RegistryServiceRpc
-from ironflow.services.scheduler import SchedulerServiceRpc
+from ironflow.services.ingest import (
+    EventServiceRpc,
+    EventsRestApp,
+    Ingest,
+    IngestSettings,
+    StoredEvent,
+    event_to_proto,
+)
+from ironflow.services.registry import MAX_LIST_LIMIT, Registry, RegistryServiceRpc
+from ironflow.services.scheduler import (
+    FunctionCatalog,
+    FunctionSource,
+    RunsRestApp,
+    Scheduler,
+    SchedulerServiceRpc,
+    SchedulerSettings,
+)
 from ironflow.services.subscription import SubscriptionServiceRpc
-from ironflow.services.worker_gateway import WorkerServiceRpc
+from ironflow.services.worker_gateway import GatewaySettings, WorkerGateway, WorkerServiceRpc
 from ironflow.v1.events_connect import EventServiceASGIApplication
 from ironflow.v1.functions_connect import RegistryServiceASGIApplication
+from ironflow.v1.functions_pb2 import FUNCTION_STATUS_ACTIVE, Function, FunctionDefinition
 from ironflow.v1.runs_connect import SchedulerServiceASGIApplication
 from ironflow.v1.subscriptions_connect import SubscriptionServiceASGIApplication
 from ironflow.v1.workers_connect import WorkerServiceASGIApplication
@@ -60,6 +77,8 @@ class EmbeddedServer:
         self._db: Database | None = None
         self._stream: Stream | None = None
         self._ingest: Ingest | None = None
+        self._scheduler: Scheduler | None = None
+        self._gateway: WorkerGateway | None = None
         self.app: ASGIApp | None = None
 
     async def start(self) -> None:
@@ -68,22 +87,55 @@ class EmbeddedServer:
         version = await migrate(db)
         self._stream = stream = open_stream(settings.stream_url)
         await stream.ping()
+        if settings.heartbeat_interval >= settings.lease_duration:
+            raise invalid_argument("heartbeat_interval", "must be shorter than lease_duration")
         firehose = firehose_key(settings.stream_prefix)
+        notices = RunNotices()
+        registry = Registry(db=db, stream=stream, firehose=firehose)
+        catalog = FunctionCatalog(_active_functions(registry))
+        registry.on_change(catalog.invalidate)
+        self._scheduler = scheduler = Scheduler(
+            db=db,
+            stream=stream,
+            catalog=catalog,
+            notices=notices,
+            settings=SchedulerSettings(firehose=firehose),
+        )
+
+        async def trigger(event: StoredEvent) -> list[str]:
+            return await scheduler.trigger(event_to_proto(event))
+
         self._ingest = ingest = Ingest(
             db=db,
             stream=stream,
+            trigger=trigger,
             settings=IngestSettings(max_payload_bytes=settings.max_payload_bytes, firehose=firehose),
         )
-        registry = Registry(db=db, stream=stream, firehose=firehose)
+
+        async def register_functions(definitions: Sequence[FunctionDefinition], takeover: bool) -> None:
+            await registry.register(list(definitions), takeover=takeover)
+
+        self._gateway = gateway = WorkerGateway(
+            scheduler=scheduler,
+            register_functions=register_functions,
+            notices=notices,
+            settings=GatewaySettings(
+                lease_duration=settings.lease_duration, heartbeat_interval=settings.heartbeat_interval
+            ),
+        )
+        await scheduler.start()
         await ingest.start()
-        self.app = self._build_app(ingest, registry)
+        await gateway.start()
+        self.app = self._build_app(ingest, registry, scheduler, gateway)
         for name in ("", *SERVICE_NAMES):
             self.health.set_status(name, SERVING)
         log.info(
             "storage %s (schema v%d), stream %s", _redact(settings.database_url), version, settings.stream_url
         )
 
-    def _build_app(self, ingest: Ingest, registry: Registry) -> ASGIApp:
+    def _build_app(
+        self, ingest: Ingest, registry: Registry, scheduler: Scheduler, gateway: WorkerGateway
+    ) -> ASGIApp:
         interceptors = [ErrorInterceptor()]
         read_max = self.settings.max_payload_bytes + _READ_MAX_OVERHEAD
         apps: list[ConnectASGIApplication[Any]] = [
@@ -91,8 +143,8 @@ class EmbeddedServer:
                 EventServiceRpc(ingest), interceptors=interceptors, read_max_bytes=read_max
             ),
             RegistryServiceASGIApplication(RegistryServiceRpc(registry), interceptors=interceptors),
-            SchedulerServiceASGIApplication(SchedulerServiceRpc(), interceptors=interceptors),
-            WorkerServiceASGIApplication(WorkerServiceRpc(), interceptors=interceptors),
+            SchedulerServiceASGIApplication(SchedulerServiceRpc(scheduler), interceptors=interceptors),
+            WorkerServiceASGIApplication(WorkerServiceRpc(gateway), interceptors=interceptors),
             SubscriptionServiceASGIApplication(SubscriptionServiceRpc(), interceptors=interceptors),
             health_asgi_app(self.health),
             *reflection_asgi_apps((*SERVICE_NAMES, HEALTH_SERVICE_NAME, *REFLECTION_SERVICE_NAMES)),
@@ -100,7 +152,7 @@ class EmbeddedServer:
         services: Sequence[tuple[str, ASGIApp]] = [(app.path, cast("ASGIApp", app)) for app in apps]
         rest = EventsRestApp(ingest, max_payload_bytes=self.settings.max_payload_bytes)
         return Router(
-            [*services, ("/api/v1/events", rest)],
+            [*services, ("/api/v1/events", rest), ("/api/v1/runs", RunsRestApp(scheduler))],
             exact=[("/health", json_endpoint(self._liveness)), ("/ready", json_endpoint(self._readiness))],
         )
 
@@ -142,12 +194,32 @@ class EmbeddedServer:
 
     async def stop(self) -> None:
         self.health.shutdown()
+        # Workers first (their jobs are released for the next start), then what feeds them.
+        if self._gateway is not None:
+            await self._gateway.stop()
         if self._ingest is not None:
             await self._ingest.stop()
+        if self._scheduler is not None:
+            await self._scheduler.stop()
         if self._stream is not None:
             await self._stream.close()
         if self._db is not None:
             await self._db.close()
+
+
+def _active_functions(registry: Registry) -> FunctionSource:
+    async def load() -> list[Function]:
+        functions: list[Function] = []
+        cursor = ""
+        while True:
+            page, cursor = await registry.list_functions(
+                status=FUNCTION_STATUS_ACTIVE, limit=MAX_LIST_LIMIT, cursor=cursor
+            )
+            functions.extend(stored.to_proto() for stored in page)
+            if not cursor:
+                return functions
+
+    return load
 
 
 def _redact(url: str) -> str:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ironflow.services.core.durations import parse_duration
 from ironflow.services.core.storage import DEFAULT_SQLITE_URL
+
+
+def _duration(field: str) -> Any:
+    """A settings field that takes seconds or strings such as "30s" and "5m"."""
+    return BeforeValidator(lambda value: parse_duration(value, field=field, allow_zero=False))
+
 
 DEFAULT_PORT = 9123
 
@@ -26,3 +36,7 @@ class ServerSettings(BaseSettings):
     # Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     graceful_timeout: float = Field(default=10.0, ge=0)
     log_level: str = "info"
+    # A worker holds a job this long without a heartbeat before it is handed to another worker.
+    lease_duration: Annotated[timedelta, _duration("lease_duration")] = timedelta(seconds=30)
+    # How often workers are asked to heartbeat (well inside the lease).
+    heartbeat_interval: Annotated[timedelta, _duration("heartbeat_interval")] = timedelta(seconds=10)

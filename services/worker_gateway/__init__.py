@@ -1,5 +1,13 @@
-"""The worker_gateway service (WorkerService). Its RPCs answer UNIMPLEMENTED until their issue lands."""
+"""The worker-gateway service (WorkerService): job delivery to pull workers, over a stream or long-poll."""
 
+from ._gateway import GatewaySettings, RegisterFunctions, SchedulerApi, WorkerGateway, check_report
 from ._rpc import WorkerServiceRpc
 
-__all__ = ["WorkerServiceRpc"]
+__all__ = [
+    "GatewaySettings",
+    "RegisterFunctions",
+    "SchedulerApi",
+    "WorkerGateway",
+    "WorkerServiceRpc",
+    "check_report",
+]

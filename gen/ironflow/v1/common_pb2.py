@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ironflow/v1/common.proto\x12\x0bironflow.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x03\n\x05\x45vent\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n\tnamespace\x18\x03 \x01(\tR\tnamespace\x12\x18\n\x07subject\x18\x04 \x01(\tR\x07subject\x12+\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructR\x04\x64\x61ta\x12<\n\x08metadata\x18\x06 \x03(\x0b\x32 .ironflow.v1.Event.MetadataEntryR\x08metadata\x12\'\n\x0fidempotency_key\x18\x07 \x01(\tR\x0eidempotencyKey\x12\x38\n\ttimestamp\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ttimestamp\x12\x1a\n\x08sequence\x18\t \x01(\x03R\x08sequence\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"x\n\tErrorInfo\x12\x12\n\x04\x63ode\x18\x01 \x01(\tR\x04\x63ode\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12\x18\n\x07\x64\x65tails\x18\x03 \x01(\tR\x07\x64\x65tails\x12#\n\rnon_retryable\x18\x04 \x01(\x08R\x0cnonRetryableb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ironflow/v1/common.proto\x12\x0bironflow.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x03\n\x05\x45vent\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n\tnamespace\x18\x03 \x01(\tR\tnamespace\x12\x18\n\x07subject\x18\x04 \x01(\tR\x07subject\x12+\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructR\x04\x64\x61ta\x12<\n\x08metadata\x18\x06 \x03(\x0b\x32 .ironflow.v1.Event.MetadataEntryR\x08metadata\x12\'\n\x0fidempotency_key\x18\x07 \x01(\tR\x0eidempotencyKey\x12\x38\n\ttimestamp\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ttimestamp\x12\x1a\n\x08sequence\x18\t \x01(\x03R\x08sequence\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xb4\x01\n\tErrorInfo\x12\x12\n\x04\x63ode\x18\x01 \x01(\tR\x04\x63ode\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12\x18\n\x07\x64\x65tails\x18\x03 \x01(\tR\x07\x64\x65tails\x12#\n\rnon_retryable\x18\x04 \x01(\x08R\x0cnonRetryable\x12:\n\x0bretry_after\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\nretryAfterb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENT_METADATAENTRY']._loaded_options = None
   _globals['_EVENT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_EVENT']._serialized_start=105
-  _globals['_EVENT']._serialized_end=499
-  _globals['_EVENT_METADATAENTRY']._serialized_start=440
-  _globals['_EVENT_METADATAENTRY']._serialized_end=499
-  _globals['_ERRORINFO']._serialized_start=501
-  _globals['_ERRORINFO']._serialized_end=621
+  _globals['_EVENT']._serialized_start=137
+  _globals['_EVENT']._serialized_end=531
+  _globals['_EVENT_METADATAENTRY']._serialized_start=472
+  _globals['_EVENT_METADATAENTRY']._serialized_end=531
+  _globals['_ERRORINFO']._serialized_start=534
+  _globals['_ERRORINFO']._serialized_end=714
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -112,6 +113,7 @@ class ErrorInfo(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     NON_RETRYABLE_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """Stable error code, for example `INVALID_ARGUMENT` or a user error type."""
     message: _builtins.str
@@ -120,6 +122,10 @@ class ErrorInfo(_message.Message):
     """Optional stack trace or details for operators."""
     non_retryable: _builtins.bool
     """True when the failure must not be retried."""
+    @_builtins.property
+    def retry_after(self) -> _duration_pb2.Duration:
+        """Set by `RetryAfterError`: wait this long before the next attempt instead of the backoff."""
+
     def __init__(
         self,
         *,
@@ -127,10 +133,11 @@ class ErrorInfo(_message.Message):
         message: _builtins.str = ...,
         details: _builtins.str = ...,
         non_retryable: _builtins.bool = ...,
+        retry_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_after", b"retry_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "details", b"details", "message", b"message", "non_retryable", b"non_retryable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "details", b"details", "message", b"message", "non_retryable", b"non_retryable", "retry_after", b"retry_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

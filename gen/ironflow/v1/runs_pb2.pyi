@@ -601,7 +601,14 @@ class MemoizedStep(_message.Message):
     STEP_ID_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
+    status: Global___StepStatus.ValueType
+    """COMPLETED (output is set), FAILED (retries are over: the step raises `error` on replay), or
+    RETRYING (run it again as attempt `attempt + 1`).
+    """
+    attempt: _builtins.int
     @_builtins.property
     def output(self) -> _struct_pb2.Value: ...
     @_builtins.property
@@ -612,10 +619,12 @@ class MemoizedStep(_message.Message):
         step_id: _builtins.str = ...,
         output: _struct_pb2.Value | None = ...,
         error: _common_pb2.ErrorInfo | None = ...,
+        status: Global___StepStatus.ValueType = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "output", b"output", "step_id", b"step_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "output", b"output", "status", b"status", "step_id", b"step_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -692,7 +701,6 @@ class StepCheckpoint(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
-    RETRY_AFTER_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     name: _builtins.str
     kind: _builtins.str
@@ -702,10 +710,6 @@ class StepCheckpoint(_message.Message):
     def output(self) -> _struct_pb2.Value: ...
     @_builtins.property
     def error(self) -> _common_pb2.ErrorInfo: ...
-    @_builtins.property
-    def retry_after(self) -> _duration_pb2.Duration:
-        """Set with STEP_STATUS_RETRYING: when the next attempt may start."""
-
     def __init__(
         self,
         *,
@@ -716,11 +720,10 @@ class StepCheckpoint(_message.Message):
         output: _struct_pb2.Value | None = ...,
         error: _common_pb2.ErrorInfo | None = ...,
         attempt: _builtins.int = ...,
-        retry_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "output", b"output", "retry_after", b"retry_after"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "kind", b"kind", "name", b"name", "output", b"output", "retry_after", b"retry_after", "status", b"status", "step_id", b"step_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "kind", b"kind", "name", b"name", "output", b"output", "status", b"status", "step_id", b"step_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -843,7 +846,9 @@ Global___StepYield: _TypeAlias = StepYield  # noqa: Y015
 
 @_typing.final
 class JobReport(_message.Message):
-    """What a worker reports for a job: checkpoints, and at most one outcome."""
+    """What a worker reports for a job: checkpoints, and at most one outcome. A report without an outcome
+    only records progress; one with an outcome ends the job.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -854,23 +859,27 @@ class JobReport(_message.Message):
     COMPLETED_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
     YIELDED_FIELD_NUMBER: _builtins.int
-    RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    STEP_FAILED_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     lease_token: _builtins.str
     execution_sequence: _builtins.int
+    step_failed: _builtins.bool
+    """A step failed (its FAILED checkpoint is in this report): the scheduler decides whether it is
+    retried after a backoff or its error is handed back to the handler on the next job.
+    """
     @_builtins.property
     def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepCheckpoint]: ...
     @_builtins.property
-    def completed(self) -> _struct_pb2.Value: ...
+    def completed(self) -> _struct_pb2.Value:
+        """The handler returned this value."""
+
     @_builtins.property
-    def failed(self) -> _common_pb2.ErrorInfo: ...
+    def failed(self) -> _common_pb2.ErrorInfo:
+        """The handler raised outside any step (the scheduler applies the retry policy)."""
+
     @_builtins.property
     def yielded(self) -> Global___YieldList:
         """The run yields on one or more steps (several for parallel branches)."""
-
-    @_builtins.property
-    def retry_after(self) -> _duration_pb2.Duration:
-        """The step failed and will be retried: the job is re-queued after the delay."""
 
     def __init__(
         self,
@@ -882,13 +891,13 @@ class JobReport(_message.Message):
         completed: _struct_pb2.Value | None = ...,
         failed: _common_pb2.ErrorInfo | None = ...,
         yielded: Global___YieldList | None = ...,
-        retry_after: _duration_pb2.Duration | None = ...,
+        step_failed: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "failed", b"failed", "outcome", b"outcome", "retry_after", b"retry_after", "yielded", b"yielded"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "failed", b"failed", "outcome", b"outcome", "step_failed", b"step_failed", "yielded", b"yielded"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints", "completed", b"completed", "execution_sequence", b"execution_sequence", "failed", b"failed", "lease_token", b"lease_token", "outcome", b"outcome", "retry_after", b"retry_after", "run_id", b"run_id", "yielded", b"yielded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints", "completed", b"completed", "execution_sequence", b"execution_sequence", "failed", b"failed", "lease_token", b"lease_token", "outcome", b"outcome", "run_id", b"run_id", "step_failed", b"step_failed", "yielded", b"yielded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["completed", "failed", "yielded", "retry_after"]  # noqa: Y015
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["completed", "failed", "yielded", "step_failed"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
@@ -949,16 +958,22 @@ class LeaseJobsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
+    NEXT_DUE_AT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]: ...
+    @_builtins.property
+    def next_due_at(self) -> _timestamp_pb2.Timestamp:
+        """When the next job for these functions becomes due (unset: none is scheduled)."""
+
     def __init__(
         self,
         *,
         jobs: _abc.Iterable[Global___Job] | None = ...,
+        next_due_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_due_at", b"next_due_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_due_at", b"next_due_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1021,18 +1036,24 @@ class RenewLeasesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LOST_FIELD_NUMBER: _builtins.int
+    CANCELLED_RUN_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def lost(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobLease]:
         """Leases that are no longer held (the worker must stop those jobs)."""
+
+    @_builtins.property
+    def cancelled_run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Those of the lost runs that were cancelled (the rest lapsed or were fenced off)."""
 
     def __init__(
         self,
         *,
         lost: _abc.Iterable[Global___JobLease] | None = ...,
+        cancelled_run_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lost", b"lost"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_run_ids", b"cancelled_run_ids", "lost", b"lost"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from ._database import Database
-from ._tables import metadata, schema_versions
+from ._tables import events, metadata, runs, schema_versions
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,23 @@ def _create_initial_tables(conn: sa.Connection) -> None:
     metadata.create_all(conn, checkfirst=True)
 
 
+def _add_run_options_and_trigger_sweep(conn: sa.Connection) -> None:
+    # A database that migration 1 created after these columns were declared has them already.
+    existing = {column["name"] for column in sa.inspect(conn).get_columns(runs.name, schema=runs.schema)}
+    for column in (runs.c.options, runs.c.timeout_at):
+        if column.name not in existing:
+            column_type = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {runs.name} ADD COLUMN {column.name} {column_type}"))
+    for index in events.indexes:
+        if index.name == "ix_events_untriggered":
+            index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, functions, function versions, runs, steps, waits", _create_initial_tables),
+    Migration(
+        2, "run options and timeout deadline; index of untriggered events", _add_run_options_and_trigger_sweep
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -50,6 +50,12 @@ events = sa.Table(
         postgresql_where=sa.text("idempotency_key IS NOT NULL"),
     ),
     sa.Index(
+        "ix_events_untriggered",
+        "position",
+        sqlite_where=sa.text("triggered_at IS NULL AND namespace = 'events'"),
+        postgresql_where=sa.text("triggered_at IS NULL AND namespace = 'events'"),
+    ),
+    sa.Index(
         "ix_events_outbox",
         "position",
         sqlite_where=sa.text("stream_sequence IS NULL"),
@@ -100,6 +106,9 @@ runs = sa.Table(
     sa.Column("parent_run_id", sa.String(64), nullable=True),
     sa.Column("parent_step_id", sa.String(256), nullable=True),
     sa.Column("idempotency_key", sa.String(256), nullable=True),
+    # What the run keeps of its function version (retry policy, timeout), so a later registration
+    # never changes how a run already under way behaves. Added by migration 2.
+    sa.Column("options", JSONDocument, nullable=True),
     # When the run is next due for dispatch (queued now, or a retry/timer later).
     sa.Column("available_at", UTCDateTime, nullable=True),
     sa.Column("execution_sequence", sa.BigInteger, nullable=False, default=0),
@@ -110,6 +119,8 @@ runs = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=True),
     sa.Column("ended_at", UTCDateTime, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # The function timeout turned into a deadline when the run starts. Added by migration 2.
+    sa.Column("timeout_at", UTCDateTime, nullable=True),
     # Triggering is idempotent per (event, function).
     sa.UniqueConstraint("event_id", "function_id", name="ux_runs_event_function"),
     sa.Index("ix_runs_status_available", "status", "available_at"),

@@ -1,0 +1,161 @@
+"""Declaring functions: `@ironflow.function`, its triggers and its retry policy.
+
+The decorator only describes; nothing is sent until a worker connects (pull mode) or the app calls
+`client.register` (push mode). The description becomes a `FunctionDefinition`, which the server
+validates again, so a bad definition is refused however it reaches the server.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from ironflow.v1 import functions_pb2
+
+from ._durations import Duration, to_duration_proto, to_seconds
+
+if TYPE_CHECKING:
+    from ._context import Context
+
+Handler = Callable[["Context"], Awaitable[Any]]
+
+_FUNCTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_MODES = {"pull": functions_pb2.FUNCTION_MODE_PULL, "push": functions_pb2.FUNCTION_MODE_PUSH}
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How failed steps (and handler errors) are retried: `max_attempts` counts the first attempt."""
+
+    max_attempts: int = 3
+    initial_delay: Duration = 1.0
+    factor: float = 2.0
+    max_delay: Duration = 300.0
+    on_exhausted: str = "fail"  # or "pause"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise ValueError(f"retry.max_attempts: must be an integer, got {self.max_attempts!r}")
+        if not 1 <= self.max_attempts <= 100:
+            raise ValueError(f"retry.max_attempts: must be between 1 and 100, got {self.max_attempts}")
+        if self.factor < 1:
+            raise ValueError(f"retry.factor: must be at least 1, got {self.factor}")
+        to_seconds(self.initial_delay, field="retry.initial_delay")
+        to_seconds(self.max_delay, field="retry.max_delay")
+        if self.on_exhausted not in ("fail", "pause"):
+            raise ValueError(f"retry.on_exhausted: must be 'fail' or 'pause', got {self.on_exhausted!r}")
+
+    def to_proto(self) -> functions_pb2.RetryPolicy:
+        return functions_pb2.RetryPolicy(
+            max_attempts=self.max_attempts,
+            initial_delay=to_duration_proto(self.initial_delay, field="retry.initial_delay"),
+            factor=self.factor,
+            max_delay=to_duration_proto(self.max_delay, field="retry.max_delay"),
+            on_exhausted=self.on_exhausted,
+        )
+
+
+@dataclass(frozen=True)
+class EventTrigger:
+    event: str
+    if_: str | None = None
+
+    def to_proto(self) -> functions_pb2.Trigger:
+        trigger = functions_pb2.EventTrigger(event=self.event)
+        if self.if_:
+            setattr(trigger, "if", self.if_)
+        return functions_pb2.Trigger(event=trigger)
+
+
+@dataclass(frozen=True)
+class CronTrigger:
+    schedule: str
+    timezone: str | None = None
+
+    def to_proto(self) -> functions_pb2.Trigger:
+        return functions_pb2.Trigger(
+            cron=functions_pb2.CronTrigger(schedule=self.schedule, timezone=self.timezone or "")
+        )
+
+
+def on_event(event: str, if_: str | None = None) -> EventTrigger:
+    """Start the function for events named `event` (wildcards `*` and `>` allowed) where `if_` holds."""
+    if not isinstance(event, str) or not event:
+        raise ValueError("on_event: event must be a non-empty event name or pattern")
+    return EventTrigger(event=event, if_=if_)
+
+
+def on_cron(schedule: str, timezone: str | None = None) -> CronTrigger:
+    """Start the function on a five-field cron schedule (in `timezone`, default UTC)."""
+    if not isinstance(schedule, str) or not schedule.strip():
+        raise ValueError("on_cron: schedule must be a cron expression such as '0 9 * * *'")
+    return CronTrigger(schedule=schedule, timezone=timezone)
+
+
+@dataclass(frozen=True)
+class Function:
+    """A durable function: its handler plus what the server needs to know to run it."""
+
+    id: str
+    handler: Handler
+    triggers: tuple[EventTrigger | CronTrigger, ...] = ()
+    retry: Retry = field(default_factory=Retry)
+    timeout: float | None = None
+    mode: str = "pull"
+    name: str | None = None
+
+    def definition(self, *, endpoint_url: str | None = None) -> functions_pb2.FunctionDefinition:
+        definition = functions_pb2.FunctionDefinition(
+            id=self.id,
+            name=self.name or self.id,
+            triggers=[trigger.to_proto() for trigger in self.triggers],
+            retry=self.retry.to_proto(),
+            mode=_MODES[self.mode],
+            endpoint_url=endpoint_url or "",
+        )
+        if self.timeout is not None:
+            definition.timeout.FromTimedelta(timedelta(seconds=self.timeout))
+        return definition
+
+
+def function(
+    *,
+    id: str,
+    triggers: Sequence[EventTrigger | CronTrigger] = (),
+    retry: Retry | None = None,
+    timeout: Duration | None = None,
+    mode: str = "pull",
+    name: str | None = None,
+) -> Callable[[Handler], Function]:
+    """Declare a durable function; decorates an `async def handler(ctx)`."""
+    if not isinstance(id, str) or not _FUNCTION_ID.fullmatch(id):
+        raise ValueError(
+            f"id: must be 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit; got {id!r}"
+        )
+    if mode not in _MODES:
+        raise ValueError(f"mode: must be 'pull' or 'push', got {mode!r}")
+    for index, trigger in enumerate(triggers):
+        if not isinstance(trigger, EventTrigger | CronTrigger):
+            raise ValueError(f"triggers[{index}]: use ironflow.on_event(...) or ironflow.on_cron(...)")
+    timeout_seconds = to_seconds(timeout, field="timeout") if timeout is not None else None
+    if timeout_seconds == 0:
+        raise ValueError("timeout: must be positive")
+
+    def decorate(handler: Handler) -> Function:
+        if not inspect.iscoroutinefunction(handler):
+            raise TypeError(f"@ironflow.function({id!r}) needs an `async def` handler taking ctx")
+        return Function(
+            id=id,
+            handler=handler,
+            triggers=tuple(triggers),
+            retry=retry or Retry(),
+            timeout=timeout_seconds,
+            mode=mode,
+            name=name,
+        )
+
+    return decorate

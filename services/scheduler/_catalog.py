@@ -1,0 +1,124 @@
+"""Which functions an event starts: trigger patterns and CEL conditions, compiled once per version.
+
+The registry owns function definitions; the scheduler keeps a compiled copy. The copy is refreshed
+when the registry says something changed (`invalidate`, wired by whoever runs both) and otherwise at
+most `max_age` old, so a registration made elsewhere is seen within that time. Compiled triggers are
+kept per (function id, version): a refresh recompiles only what changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from ironflow.services.core.cel import Expression, compile_expression
+from ironflow.services.core.ids import Clock, utc_now
+from ironflow.services.core.subjects import NamePattern
+from ironflow.v1 import functions_pb2
+
+from ._options import RunOptions
+
+log = logging.getLogger("ironflow.scheduler")
+
+# Every active function with its current version (the registry's ListFunctions, all pages).
+FunctionSource = Callable[[], Awaitable[list[functions_pb2.Function]]]
+
+
+@dataclass(frozen=True)
+class EventTrigger:
+    pattern: NamePattern
+    condition: Expression | None
+
+    def matches(self, name: str, variables: dict[str, Any]) -> bool:
+        if not self.pattern.matches(name):
+            return False
+        return self.condition is None or self.condition.matches(variables)
+
+
+@dataclass(frozen=True)
+class CompiledFunction:
+    id: str
+    version: int
+    mode: str
+    triggers: tuple[EventTrigger, ...]
+    options: RunOptions
+
+    def matches(self, name: str, variables: dict[str, Any]) -> bool:
+        return any(trigger.matches(name, variables) for trigger in self.triggers)
+
+
+def compile_function(function: functions_pb2.Function) -> CompiledFunction:
+    definition = function.definition
+    triggers: list[EventTrigger] = []
+    for index, trigger in enumerate(definition.triggers):
+        if trigger.WhichOneof("kind") != "event":
+            continue
+        field = f"functions[{definition.id}].triggers[{index}]"
+        condition = getattr(trigger.event, "if")
+        triggers.append(
+            EventTrigger(
+                pattern=NamePattern.parse(trigger.event.event, field=f"{field}.event"),
+                condition=compile_expression(condition, field=f"{field}.if") if condition else None,
+            )
+        )
+    return CompiledFunction(
+        id=definition.id,
+        version=function.version,
+        mode="push" if definition.mode == functions_pb2.FUNCTION_MODE_PUSH else "pull",
+        triggers=tuple(triggers),
+        options=RunOptions.from_definition(definition),
+    )
+
+
+class FunctionCatalog:
+    def __init__(
+        self, source: FunctionSource, *, max_age: timedelta = timedelta(seconds=5), clock: Clock = utc_now
+    ) -> None:
+        self._source = source
+        self._max_age = max_age
+        self._clock = clock
+        self._functions: dict[str, CompiledFunction] = {}
+        self._loaded_at: datetime | None = None
+        self._generation = 0
+        self._lock = asyncio.Lock()
+
+    def invalidate(self) -> None:
+        self._generation += 1
+        self._loaded_at = None
+
+    async def functions(self) -> list[CompiledFunction]:
+        if self._loaded_at is None or self._clock() - self._loaded_at > self._max_age:
+            async with self._lock:
+                if self._loaded_at is None or self._clock() - self._loaded_at > self._max_age:
+                    await self._refresh()
+        return list(self._functions.values())
+
+    async def get(self, function_id: str) -> CompiledFunction | None:
+        for function in await self.functions():
+            if function.id == function_id:
+                return function
+        return None
+
+    async def match(self, name: str, variables: dict[str, Any]) -> list[CompiledFunction]:
+        return [f for f in await self.functions() if f.matches(name, variables)]
+
+    async def _refresh(self) -> None:
+        started, generation = self._clock(), self._generation
+        fresh: dict[str, CompiledFunction] = {}
+        for function in await self._source():
+            known = self._functions.get(function.definition.id)
+            if known is not None and known.version == function.version:
+                fresh[known.id] = known
+                continue
+            try:
+                fresh[function.definition.id] = compile_function(function)
+            except Exception:
+                # The registry validated it; a definition that no longer compiles must not stop others.
+                log.exception("cannot compile triggers of function %s", function.definition.id)
+        self._functions = fresh
+        # A change announced while we were reading may be missing from `fresh`: stay stale.
+        self._loaded_at = started if generation == self._generation else None

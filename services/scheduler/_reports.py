@@ -1,0 +1,307 @@
+"""Applying what a worker reports for a job: step checkpoints, and the outcome that ends the job.
+
+The scheduler owns every retry decision. A worker only says what happened (this step failed with
+this error at attempt n; the handler raised; it returned); the run's stored retry policy decides
+whether that step runs again after a backoff, whether its error goes back to the handler (which may
+catch it), or whether the run fails or pauses. Workers of any SDK version therefore retry alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ironflow.services.core.errors import ErrorCode, ServiceError
+from ironflow.services.core.protojson import value_to_python
+from ironflow.services.core.storage import runs
+from ironflow.v1 import common_pb2, runs_pb2
+
+from ._convert import error_to_json, retry_after
+from ._options import RunOptions
+from ._store import get_step, save_step, update_run
+from ._system_events import SystemEvents
+
+
+@dataclass
+class ReportEffects:
+    """What the transaction changed that someone outside it must hear about."""
+
+    ended: list[str] = field(default_factory=list)
+    requeued: bool = False
+
+
+def _failed_error(error: common_pb2.ErrorInfo) -> dict[str, Any]:
+    return error_to_json(error)
+
+
+async def apply_report(
+    conn: AsyncConnection,
+    run: sa.Row[Any],
+    report: runs_pb2.JobReport,
+    *,
+    now: datetime,
+    events: SystemEvents,
+    effects: ReportEffects,
+) -> None:
+    """Record `report` for the locked, lease-checked `run`."""
+    options = RunOptions.from_json(run.options)
+    failed: list[runs_pb2.StepCheckpoint] = []
+    for checkpoint in report.checkpoints:
+        if checkpoint.status == runs_pb2.STEP_STATUS_FAILED:
+            failed.append(checkpoint)
+        else:
+            await _record_checkpoint(conn, run.id, checkpoint, now=now, events=events)
+
+    retry_at: datetime | None = None
+    next_attempt = run.attempt
+    pause = False
+    for checkpoint in failed:
+        decision = await _record_step_failure(conn, run.id, checkpoint, options, now=now, events=events)
+        if decision == "pause":
+            pause = True
+        elif isinstance(decision, datetime):
+            retry_at = decision if retry_at is None else max(retry_at, decision)
+            next_attempt = max(next_attempt, checkpoint.attempt + 1)
+
+    outcome = report.WhichOneof("outcome")
+    if outcome is None and not failed:
+        return
+    if outcome == "completed":
+        await _end(
+            conn,
+            run,
+            "completed",
+            now=now,
+            events=events,
+            effects=effects,
+            output=value_to_python(report.completed),
+        )
+    elif outcome == "failed":
+        await _handler_failed(conn, run, report.failed, options, now=now, events=events, effects=effects)
+    elif outcome == "yielded":
+        raise ServiceError(
+            ErrorCode.UNIMPLEMENTED, "yielding steps (sleep, wait_for_event, invoke) are not available yet"
+        )
+    elif pause:
+        await _pause(conn, run, now=now, events=events)
+    else:
+        # A step failed (outcome step_failed, or a bare FAILED checkpoint): run again when it is due;
+        # with no retry left the error is handed back to the handler at once.
+        await _requeue(conn, run, at=retry_at or now, attempt=next_attempt, now=now)
+        effects.requeued = True
+
+
+async def _record_checkpoint(
+    conn: AsyncConnection,
+    run_id: str,
+    checkpoint: runs_pb2.StepCheckpoint,
+    *,
+    now: datetime,
+    events: SystemEvents,
+) -> None:
+    common = {
+        "name": checkpoint.name or checkpoint.step_id,
+        "kind": checkpoint.kind or "run",
+        "attempt": max(checkpoint.attempt, 1),
+    }
+    if checkpoint.status == runs_pb2.STEP_STATUS_RUNNING:
+        existing = await get_step(conn, run_id, checkpoint.step_id)
+        if existing is not None and existing.status == "completed":
+            return  # a late start notice must not reopen a finished step
+        await save_step(
+            conn,
+            run_id,
+            checkpoint.step_id,
+            status="running",
+            output=None,
+            error=None,
+            started_at=now,
+            ended_at=None,
+            **common,
+        )
+        events.step(
+            run_id, checkpoint.step_id, "started", {"name": common["name"], "attempt": common["attempt"]}
+        )
+    elif checkpoint.status == runs_pb2.STEP_STATUS_COMPLETED:
+        existing = await get_step(conn, run_id, checkpoint.step_id)
+        if existing is not None and existing.status == "completed":
+            return  # a replayed checkpoint: the first output stands
+        output = value_to_python(checkpoint.output)
+        started_at = existing.started_at if existing is not None and existing.started_at else now
+        await save_step(
+            conn,
+            run_id,
+            checkpoint.step_id,
+            status="completed",
+            output=output,
+            error=None,
+            started_at=started_at,
+            ended_at=now,
+            **common,
+        )
+        events.step(
+            run_id,
+            checkpoint.step_id,
+            "completed",
+            {"name": common["name"], "attempt": common["attempt"], "output": output},
+        )
+    else:
+        raise ServiceError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"checkpoints[{checkpoint.step_id}].status: a worker reports RUNNING, COMPLETED or FAILED",
+        )
+
+
+async def _record_step_failure(
+    conn: AsyncConnection,
+    run_id: str,
+    checkpoint: runs_pb2.StepCheckpoint,
+    options: RunOptions,
+    *,
+    now: datetime,
+    events: SystemEvents,
+) -> datetime | str:
+    """Store a failed attempt; returns when to retry, "final" (the handler sees the error) or "pause"."""
+    attempt = max(checkpoint.attempt, 1)
+    error = _failed_error(checkpoint.error)
+    name = checkpoint.name or checkpoint.step_id
+    existing = await get_step(conn, run_id, checkpoint.step_id)
+    started_at = existing.started_at if existing is not None and existing.started_at else now
+    common = {
+        "name": name,
+        "kind": checkpoint.kind or "run",
+        "attempt": attempt,
+        "output": None,
+        "error": error,
+        "started_at": started_at,
+        "ended_at": now,
+    }
+    exhausted = options.exhausted(attempt)
+    if checkpoint.error.non_retryable or exhausted:
+        await save_step(conn, run_id, checkpoint.step_id, status="failed", **common)
+        events.step(run_id, checkpoint.step_id, "failed", {"name": name, "attempt": attempt, "error": error})
+        if exhausted and not checkpoint.error.non_retryable and options.on_exhausted == "pause":
+            return "pause"
+        return "final"
+    delay = retry_after(checkpoint.error) or options.backoff(attempt)
+    await save_step(conn, run_id, checkpoint.step_id, status="retrying", **common)
+    events.step(
+        run_id,
+        checkpoint.step_id,
+        "retrying",
+        {"name": name, "attempt": attempt, "error": error, "retry_at": (now + delay).isoformat()},
+    )
+    return now + delay
+
+
+async def _handler_failed(
+    conn: AsyncConnection,
+    run: sa.Row[Any],
+    error: common_pb2.ErrorInfo,
+    options: RunOptions,
+    *,
+    now: datetime,
+    events: SystemEvents,
+    effects: ReportEffects,
+) -> None:
+    """The handler raised outside any step: the same policy as a step, counted by run attempt."""
+    attempt = max(run.attempt, 1)
+    if error.non_retryable or options.exhausted(attempt):
+        if options.on_exhausted == "pause" and not error.non_retryable:
+            await _pause(conn, run, now=now, events=events)
+            return
+        await _end(conn, run, "failed", now=now, events=events, effects=effects, error=_failed_error(error))
+        return
+    delay = retry_after(error) or options.backoff(attempt)
+    await _requeue(conn, run, at=now + delay, attempt=attempt + 1, now=now)
+    effects.requeued = True
+
+
+async def _requeue(
+    conn: AsyncConnection, run: sa.Row[Any], *, at: datetime, attempt: int, now: datetime
+) -> None:
+    # A new execution sequence fences off anything the previous holder might still send.
+    await update_run(
+        conn,
+        run.id,
+        lease_token=None,
+        lease_expires_at=None,
+        worker_id=None,
+        available_at=at,
+        attempt=attempt,
+        execution_sequence=runs.c.execution_sequence + 1,
+        updated_at=now,
+    )
+
+
+async def _pause(conn: AsyncConnection, run: sa.Row[Any], *, now: datetime, events: SystemEvents) -> None:
+    await update_run(
+        conn,
+        run.id,
+        status="paused",
+        lease_token=None,
+        lease_expires_at=None,
+        worker_id=None,
+        available_at=None,
+        execution_sequence=runs.c.execution_sequence + 1,
+        updated_at=now,
+    )
+    events.run(run.id, "paused", {"function_id": run.function_id, "attempt": run.attempt})
+
+
+async def _end(
+    conn: AsyncConnection,
+    run: sa.Row[Any],
+    status: str,
+    *,
+    now: datetime,
+    events: SystemEvents,
+    effects: ReportEffects,
+    output: Any = None,
+    error: dict[str, Any] | None = None,
+) -> None:
+    await end_run(conn, run, status, now=now, events=events, output=output, error=error)
+    effects.ended.append(run.id)
+
+
+async def end_run(
+    conn: AsyncConnection,
+    run: sa.Row[Any],
+    status: str,
+    *,
+    now: datetime,
+    events: SystemEvents,
+    output: Any = None,
+    error: dict[str, Any] | None = None,
+) -> None:
+    """Move a run to a final status and announce it."""
+    await update_run(
+        conn,
+        run.id,
+        status=status,
+        output=output,
+        error=error,
+        ended_at=now,
+        lease_token=None,
+        lease_expires_at=None,
+        available_at=None,
+        execution_sequence=runs.c.execution_sequence + 1,
+        updated_at=now,
+    )
+    data: dict[str, Any] = {
+        "function_id": run.function_id,
+        "event_id": run.event_id,
+        "status": status,
+        "attempt": run.attempt,
+    }
+    if status == "completed":
+        data["output"] = output
+    if error is not None:
+        data["error"] = error
+    duration = now - run.started_at if run.started_at is not None else timedelta(0)
+    data["duration_ms"] = round(duration.total_seconds() * 1000, 3)
+    events.run(run.id, status, data)

@@ -1,0 +1,122 @@
+"""SQL over the scheduler's tables (runs, steps). Every function here runs inside the caller's
+transaction; the scheduler decides what to change, this module only knows how.
+
+Claiming uses `SELECT ... FOR UPDATE SKIP LOCKED` on Postgres, so scheduler replicas never hand the
+same run to two workers and never wait on each other; SQLite has one writer at a time anyway
+(`BEGIN IMMEDIATE`), where the same statements are simply serialised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ironflow.services.core.storage import UTCDateTime, insert_or_ignore, runs, steps
+
+ACTIVE_STATUSES = ("queued", "running", "sleeping", "waiting", "paused")
+ENDED_STATUSES = ("completed", "failed", "cancelled")
+# Runs a worker may be handed: never started, or started and now between two executions.
+DISPATCHABLE_STATUSES = ("queued", "running")
+
+
+def _locking(query: sa.Select[Any], dialect: str, *, skip_locked: bool = False) -> sa.Select[Any]:
+    if dialect == "postgresql":
+        return query.with_for_update(skip_locked=skip_locked)
+    return query
+
+
+async def insert_run(conn: AsyncConnection, values: dict[str, Any], *, dialect: str) -> tuple[str, bool]:
+    """Create a run unless (event, function) has one: returns (run id, created)."""
+    statement = insert_or_ignore(
+        runs, values, dialect=dialect, conflict_columns=["event_id", "function_id"]
+    ).returning(runs.c.id)
+    created = (await conn.execute(statement)).scalar_one_or_none()
+    if created is not None:
+        return created, True
+    existing = await conn.execute(
+        sa.select(runs.c.id).where(
+            runs.c.event_id == values["event_id"], runs.c.function_id == values["function_id"]
+        )
+    )
+    return existing.scalar_one(), False
+
+
+async def claim_runs(
+    conn: AsyncConnection,
+    *,
+    dialect: str,
+    function_ids: Sequence[str],
+    limit: int,
+    now: datetime,
+) -> list[sa.Row[Any]]:
+    """Lock up to `limit` due, unleased runs of these functions, oldest due first."""
+    query = (
+        sa.select(runs)
+        .where(
+            runs.c.status.in_(DISPATCHABLE_STATUSES),
+            runs.c.lease_token.is_(None),
+            runs.c.available_at <= now,
+            runs.c.function_id.in_(list(function_ids)),
+        )
+        .order_by(runs.c.available_at)
+        .limit(limit)
+    )
+    return list((await conn.execute(_locking(query, dialect, skip_locked=True))).all())
+
+
+async def next_due_at(conn: AsyncConnection, function_ids: Sequence[str]) -> datetime | None:
+    # type_coerce keeps the aware-UTC conversion of the column for the aggregate (SQLite gives text).
+    query = sa.select(sa.type_coerce(sa.func.min(runs.c.available_at), UTCDateTime)).where(
+        runs.c.status.in_(DISPATCHABLE_STATUSES),
+        runs.c.lease_token.is_(None),
+        runs.c.function_id.in_(list(function_ids)),
+    )
+    value: datetime | None = (await conn.execute(query)).scalar_one_or_none()
+    return value
+
+
+async def lock_run(conn: AsyncConnection, run_id: str, *, dialect: str) -> sa.Row[Any] | None:
+    query = sa.select(runs).where(runs.c.id == run_id)
+    row: sa.Row[Any] | None = (await conn.execute(_locking(query, dialect))).first()
+    return row
+
+
+async def update_run(conn: AsyncConnection, run_id: str, **values: Any) -> None:
+    await conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
+
+
+async def update_runs(conn: AsyncConnection, run_ids: Iterable[str], **values: Any) -> None:
+    ids = list(run_ids)
+    if ids:
+        await conn.execute(runs.update().where(runs.c.id.in_(ids)).values(**values))
+
+
+async def steps_of(conn: AsyncConnection, run_ids: Sequence[str]) -> dict[str, list[sa.Row[Any]]]:
+    result: dict[str, list[sa.Row[Any]]] = {run_id: [] for run_id in run_ids}
+    if not run_ids:
+        return result
+    rows = await conn.execute(
+        sa.select(steps).where(steps.c.run_id.in_(list(run_ids))).order_by(steps.c.started_at)
+    )
+    for row in rows:
+        result[row.run_id].append(row)
+    return result
+
+
+async def get_step(conn: AsyncConnection, run_id: str, step_id: str) -> sa.Row[Any] | None:
+    query = sa.select(steps).where(steps.c.run_id == run_id, steps.c.step_id == step_id)
+    row: sa.Row[Any] | None = (await conn.execute(query)).first()
+    return row
+
+
+async def save_step(conn: AsyncConnection, run_id: str, step_id: str, **values: Any) -> None:
+    """Insert or update one step row (the run row is locked by the caller, so no race)."""
+    result = await conn.execute(
+        steps.update().where(steps.c.run_id == run_id, steps.c.step_id == step_id).values(**values)
+    )
+    if result.rowcount == 0:
+        await conn.execute(steps.insert().values(run_id=run_id, step_id=step_id, **values))

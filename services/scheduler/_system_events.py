@@ -1,0 +1,46 @@
+"""The engine's own lifecycle events, as they go on the firehose.
+
+`system.run.<run_id>.<what>` and `system.run.<run_id>.step.<step_id>.<what>`. Step ids may contain
+characters a subject token cannot (`:` of an occurrence counter is fine; `.` and `/` are not), so they
+are escaped into one token: subscribers match `system.run.*.step.*.completed` reliably.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ironflow.services.core.firehose import FirehoseMessage
+from ironflow.services.core.ids import IdSource
+
+
+def step_token(step_id: str) -> str:
+    """A step id as one subject token (`.` -> `~`, `/` -> `|`, spaces and wildcards -> `_`)."""
+    return "".join(_TOKEN_ESCAPES.get(char, char) for char in step_id)
+
+
+_TOKEN_ESCAPES = {".": "~", "/": "|", " ": "_", "*": "_", ">": "_", "\t": "_", "\n": "_"}
+
+
+@dataclass
+class SystemEvents:
+    """Collects lifecycle events inside a transaction; they are published after it commits."""
+
+    ids: IdSource
+    now: datetime
+    messages: list[FirehoseMessage] = field(default_factory=list)
+
+    def run(self, run_id: str, what: str, data: dict[str, Any]) -> None:
+        self._add(f"system.run.{run_id}.{what}", {"run_id": run_id, **data})
+
+    def step(self, run_id: str, step_id: str, what: str, data: dict[str, Any]) -> None:
+        self._add(
+            f"system.run.{run_id}.step.{step_token(step_id)}.{what}",
+            {"run_id": run_id, "step_id": step_id, **data},
+        )
+
+    def _add(self, subject: str, data: dict[str, Any]) -> None:
+        self.messages.append(
+            FirehoseMessage(subject=subject, event_id=self.ids("evt"), timestamp=self.now, data=data)
+        )
