@@ -176,7 +176,8 @@ class PollTransport(_Base):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._poll: asyncio.Task[workers_pb2.PollResponse] | None = None
+        self._poll: asyncio.Future[workers_pb2.PollResponse] | None = None
+        self._stopped = False
 
     async def open(self) -> None:
         # The first poll registers the worker's functions and surfaces a refused registration at once.
@@ -185,7 +186,7 @@ class PollTransport(_Base):
     async def serve(self) -> None:
         heartbeat = asyncio.create_task(self._heartbeat_forever())
         try:
-            while True:
+            while not self._stopped:
                 await self._worker.wait_for_free_slot()
                 await self._poll_once(wait=POLL_WAIT_SECONDS)
         finally:
@@ -202,8 +203,9 @@ class PollTransport(_Base):
         except grpc.aio.AioRpcError as exc:
             raise self._closed(exc) from None
         except asyncio.CancelledError:
-            if self._worker.free_slots == 0:  # draining: the poll was abandoned on purpose
-                return
+            task = asyncio.current_task()
+            if self._stopped and task is not None and not task.cancelling():
+                return  # draining abandoned this poll on purpose; a cancellation of our own propagates
             raise
         self._heartbeat_seconds = _seconds(response.heartbeat_interval, DEFAULT_HEARTBEAT_SECONDS)
         for job in response.jobs:
@@ -225,6 +227,7 @@ class PollTransport(_Base):
         return bool(response.accepted) and response.accepted[0]
 
     async def draining(self) -> None:
+        self._stopped = True
         if self._poll is not None and not self._poll.done():
             self._poll.cancel()
 

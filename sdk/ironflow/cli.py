@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Column, Table
 from rich.text import Text
@@ -54,7 +55,8 @@ def _with_client(ctx: typer.Context, work: Callable[[Client], Awaitable[T]]) -> 
     try:
         return asyncio.run(run())
     except IronflowError as exc:
-        stderr.print(f"[bold red]error[/] {exc.code}: {exc.message}", highlight=False)
+        # soft_wrap: one line however long, so messages stay whole in logs and for grep.
+        stderr.print(f"[bold red]error[/] {exc.code}: {escape(exc.message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -245,8 +247,8 @@ def build_app() -> typer.Typer:
         table = Table(_id_column(), "function", "status", "attempt", "created (UTC)", "duration")
         for run in page.runs:
             table.add_row(
-                run.id,
-                run.function_id,
+                Text(run.id),
+                Text(run.function_id),
                 _status(run.status),
                 str(run.attempt),
                 _stamp(run.created_at),
@@ -277,7 +279,7 @@ def build_app() -> typer.Typer:
             _print_json(steps)
             return
         if not steps:
-            stdout.print(f"run {run_id} has recorded no steps yet", highlight=False)
+            stdout.print(f"run {escape(run_id)} has recorded no steps yet", highlight=False)
             return
         table = Table(_id_column(), "name", "status", "attempt", "duration", "output / error")
         for step in steps:

@@ -187,8 +187,10 @@ class EmbeddedServer:
         async def drain() -> None:
             await shutdown.wait()
             # Tell health watchers first, so load balancers move away and Watch streams end
-            # instead of holding the graceful shutdown open.
+            # instead of holding the graceful shutdown open; worker streams and polls likewise.
             self.health.shutdown()
+            if self._gateway is not None:
+                self._gateway.begin_shutdown()
 
         await serve(cast("Any", self.app), config, shutdown_trigger=drain, mode="asgi")
 

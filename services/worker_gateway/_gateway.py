@@ -88,6 +88,7 @@ class WorkerGateway:
         self._registered: dict[str, str] = {}  # worker id -> digest of what it registered
         self._reports: Batcher[runs_pb2.JobReport, _ReportAnswer] = Batcher(self._flush_reports)
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         notices.on_run_cancelled(self._on_run_cancelled)
 
     @property
@@ -100,7 +101,16 @@ class WorkerGateway:
         self._reports.start()
         self._tasks = [asyncio.create_task(self._dispatch_forever(), name="gateway-dispatcher")]
 
+    def begin_shutdown(self) -> None:
+        """The server is draining: end streams (their jobs are released) and answer waiting polls now,
+        so in-flight requests finish instead of holding the shutdown open."""
+        self._closing = True
+        for session in list(self._sessions.values()):
+            session.close()
+        self._notices.work_available()
+
     async def stop(self) -> None:
+        self.begin_shutdown()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -116,6 +126,8 @@ class WorkerGateway:
     async def connect(
         self, requests: AsyncIterator[workers_pb2.ConnectRequest]
     ) -> AsyncIterator[workers_pb2.ConnectResponse]:
+        if self._closing:
+            raise ServiceError(ErrorCode.UNAVAILABLE, "the server is shutting down")
         first = await anext(requests, None)
         if first is None or first.WhichOneof("message") != "register":
             raise invalid_argument(
@@ -343,7 +355,7 @@ class WorkerGateway:
                 )
             )
             remaining = deadline - loop.time()
-            if response.jobs or remaining <= 0:
+            if response.jobs or remaining <= 0 or self._closing:
                 return workers_pb2.PollResponse(
                     jobs=response.jobs, heartbeat_interval=_duration(self._settings.heartbeat_interval)
                 )

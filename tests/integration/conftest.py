@@ -52,13 +52,21 @@ class LiveServer:
             await db.close()
 
 
+# Short leases so tests of lost workers finish quickly; heartbeats well inside them.
+FAST_LEASES = {"lease_duration": 3.0, "heartbeat_interval": 0.5}
+
+
 def server_settings(backend: str, tmp_path: Path) -> ServerSettings:
     port = free_port()
     if backend == "embedded":
         return ServerSettings(
-            port=port, database_url=f"sqlite+aiosqlite:///{tmp_path / 'ironflow.db'}", stream_url="memory://"
+            port=port,
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'ironflow.db'}",
+            stream_url="memory://",
+            **FAST_LEASES,
         )
     return ServerSettings(
+        **FAST_LEASES,
         port=port,
         database_url=POSTGRES_URL,
         database_schema=unique_name("t"),
