@@ -102,7 +102,7 @@ class Worker:
     async def run(self) -> None:
         """Run until `stop()` or SIGTERM/SIGINT; in-flight jobs get `drain_timeout` to finish."""
         loop = asyncio.get_running_loop()
-        installed: list[int] = []
+        installed: list[signal.Signals] = []
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, self._request_stop)

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import h2.events
-import priority
 from hypercorn.asyncio.worker_context import AsyncioSingleTask
 from hypercorn.protocol.events import Body, Data, EndBody, EndData, Trailers
 from hypercorn.protocol.h2 import H2Protocol
+from priority.priority import PriorityError
 
 _INSTALLED = "_ironflow_late_data_guard"
 
@@ -67,7 +67,7 @@ def _install_idle_restart_guard() -> None:
     if getattr(AsyncioSingleTask, _INSTALLED, False):
         return
 
-    async def restart(self: Any, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
+    async def restart(self: Any, task_group: Any, action: Callable[[], Coroutine[Any, Any, None]]) -> None:
         async with self._lock:
             if self._handle is not None:
                 self._handle.cancel()
@@ -97,7 +97,7 @@ def _install_reset_stream_guard() -> None:
             buffer = self.stream_buffers.pop(event.stream_id, None)
             if buffer is not None:
                 await buffer.close()
-                with contextlib.suppress(priority.PriorityError):
+                with contextlib.suppress(PriorityError):
                     self.priority.remove_stream(event.stream_id)
             return
         await original(self, event)
