@@ -169,3 +169,32 @@ async def test_restarting_serve_mid_run_loses_nothing(tmp_path: Path, sig: signa
     assert run.output == ["step1", "step2", "step3", "step4", "step5"]
     assert [(s.id, s.status) for s in steps] == [(f"step{n}", "completed") for n in range(1, 6)]
     assert _executions(tmp_path) == Counter({f"step{n}": 1 for n in range(1, 6)})
+
+
+@pytest.mark.parametrize("transport", ["stream", "poll"])
+async def test_sigterm_drains_the_job_in_flight_before_the_worker_exits(
+    live_server: LiveServer, tmp_path: Path, transport: str
+) -> None:
+    """The worker gets SIGTERM while inside step 3. It takes no new work, finishes the run it holds,
+    and exits cleanly; nothing is handed to another worker and nothing runs twice."""
+    function_id, event = unique_name("five"), unique_name("five")
+    async with ironflow.Client(live_server.url) as client:
+        worker = await _start_worker(live_server.url, transport, function_id, event, tmp_path)
+        try:
+            await eventually(
+                lambda: _function_registered(client, function_id), within=30, what="the worker to register"
+            )
+            run_id = (await client.emit(event, {})).run_ids[0]
+
+            async def inside_step_three() -> bool:
+                return (await _step_statuses(client, run_id)).get("step3") == "running"
+
+            await eventually(inside_step_three, within=30, what="the worker to reach step 3")
+            worker.send_signal(signal.SIGTERM)
+            (tmp_path / "gate").touch()
+            assert await asyncio.wait_for(worker.wait(), timeout=30) == 0
+            run = await client.get_run(run_id)
+        finally:
+            await _kill(worker)
+    assert run.status == "completed", run.error
+    assert _executions(tmp_path) == Counter({f"step{n}": 1 for n in range(1, 6)})
