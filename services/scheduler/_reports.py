@@ -108,10 +108,11 @@ async def _record_checkpoint(
         "kind": checkpoint.kind or "run",
         "attempt": max(checkpoint.attempt, 1),
     }
+    existing = await get_step(conn, run_id, checkpoint.step_id)
+    if existing is not None and existing.status == "completed":
+        return  # a late start notice or a replayed checkpoint: the first outcome stands
+    notice: dict[str, Any] = {"name": common["name"], "attempt": common["attempt"]}
     if checkpoint.status == runs_pb2.STEP_STATUS_RUNNING:
-        existing = await get_step(conn, run_id, checkpoint.step_id)
-        if existing is not None and existing.status == "completed":
-            return  # a late start notice must not reopen a finished step
         await save_step(
             conn,
             run_id,
@@ -123,13 +124,8 @@ async def _record_checkpoint(
             ended_at=None,
             **common,
         )
-        events.step(
-            run_id, checkpoint.step_id, "started", {"name": common["name"], "attempt": common["attempt"]}
-        )
+        events.step(run_id, checkpoint.step_id, "started", notice)
     elif checkpoint.status == runs_pb2.STEP_STATUS_COMPLETED:
-        existing = await get_step(conn, run_id, checkpoint.step_id)
-        if existing is not None and existing.status == "completed":
-            return  # a replayed checkpoint: the first output stands
         output = value_to_python(checkpoint.output)
         started_at = existing.started_at if existing is not None and existing.started_at else now
         await save_step(
@@ -143,12 +139,7 @@ async def _record_checkpoint(
             ended_at=now,
             **common,
         )
-        events.step(
-            run_id,
-            checkpoint.step_id,
-            "completed",
-            {"name": common["name"], "attempt": common["attempt"], "output": output},
-        )
+        events.step(run_id, checkpoint.step_id, "completed", {**notice, "output": output})
     else:
         raise ServiceError(
             ErrorCode.INVALID_ARGUMENT,
