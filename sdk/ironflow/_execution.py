@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ironflow.v1 import common_pb2, runs_pb2
+from ironflow.v1 import runs_pb2
 
+from ._client import event_from_proto
 from ._context import (
     Context,
     JobChannel,
@@ -18,15 +19,8 @@ from ._context import (
 )
 from ._errors import NonRetryableError
 from ._function import Function
-from ._models import Event
 
 log = logging.getLogger("ironflow.worker")
-
-
-def _event(message: common_pb2.Event) -> Event:
-    from ._client import event_from_proto  # noqa: PLC0415 - keeps the execution module free of grpc
-
-    return event_from_proto(message)
 
 
 async def execute(job: runs_pb2.Job, function: Function, channel: JobChannel) -> None:
@@ -36,7 +30,7 @@ async def execute(job: runs_pb2.Job, function: Function, channel: JobChannel) ->
     logger = logging.LoggerAdapter(
         logging.getLogger(f"ironflow.function.{function.id}"), {"run_id": job.run_id, "attempt": job.attempt}
     )
-    ctx = Context(job=job, event=_event(job.event), steps=steps, logger=logger)
+    ctx = Context(job=job, event=event_from_proto(job.event), steps=steps, logger=logger)
     report = runs_pb2.JobReport(
         run_id=job.run_id, lease_token=job.lease_token, execution_sequence=job.execution_sequence
     )

@@ -17,12 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ironflow.services.core.errors import ErrorCode, ServiceError
 from ironflow.services.core.protojson import value_to_python
-from ironflow.services.core.storage import runs
 from ironflow.v1 import common_pb2, runs_pb2
 
 from ._convert import error_to_json, retry_after
 from ._options import RunOptions
-from ._store import get_step, save_step, update_run
+from ._store import fenced_off, get_step, save_step, update_run
 from ._system_events import SystemEvents
 
 
@@ -32,10 +31,6 @@ class ReportEffects:
 
     ended: list[str] = field(default_factory=list)
     requeued: bool = False
-
-
-def _failed_error(error: common_pb2.ErrorInfo) -> dict[str, Any]:
-    return error_to_json(error)
 
 
 async def apply_report(
@@ -158,7 +153,7 @@ async def _record_step_failure(
 ) -> datetime | str:
     """Store a failed attempt; returns when to retry, "final" (the handler sees the error) or "pause"."""
     attempt = max(checkpoint.attempt, 1)
-    error = _failed_error(checkpoint.error)
+    error = error_to_json(checkpoint.error)
     name = checkpoint.name or checkpoint.step_id
     existing = await get_step(conn, run_id, checkpoint.step_id)
     started_at = existing.started_at if existing is not None and existing.started_at else now
@@ -205,7 +200,7 @@ async def _handler_failed(
         if options.on_exhausted == "pause" and not error.non_retryable:
             await _pause(conn, run, now=now, events=events)
             return
-        await _end(conn, run, "failed", now=now, events=events, effects=effects, error=_failed_error(error))
+        await _end(conn, run, "failed", now=now, events=events, effects=effects, error=error_to_json(error))
         return
     delay = retry_after(error) or options.backoff(attempt)
     await _requeue(conn, run, at=now + delay, attempt=attempt + 1, now=now)
@@ -215,32 +210,11 @@ async def _handler_failed(
 async def _requeue(
     conn: AsyncConnection, run: sa.Row[Any], *, at: datetime, attempt: int, now: datetime
 ) -> None:
-    # A new execution sequence fences off anything the previous holder might still send.
-    await update_run(
-        conn,
-        run.id,
-        lease_token=None,
-        lease_expires_at=None,
-        worker_id=None,
-        available_at=at,
-        attempt=attempt,
-        execution_sequence=runs.c.execution_sequence + 1,
-        updated_at=now,
-    )
+    await update_run(conn, run.id, worker_id=None, available_at=at, attempt=attempt, **fenced_off(now))
 
 
 async def _pause(conn: AsyncConnection, run: sa.Row[Any], *, now: datetime, events: SystemEvents) -> None:
-    await update_run(
-        conn,
-        run.id,
-        status="paused",
-        lease_token=None,
-        lease_expires_at=None,
-        worker_id=None,
-        available_at=None,
-        execution_sequence=runs.c.execution_sequence + 1,
-        updated_at=now,
-    )
+    await update_run(conn, run.id, status="paused", worker_id=None, available_at=None, **fenced_off(now))
     events.run(run.id, "paused", {"function_id": run.function_id, "attempt": run.attempt})
 
 
@@ -277,11 +251,8 @@ async def end_run(
         output=output,
         error=error,
         ended_at=now,
-        lease_token=None,
-        lease_expires_at=None,
         available_at=None,
-        execution_sequence=runs.c.execution_sequence + 1,
-        updated_at=now,
+        **fenced_off(now),
     )
     data: dict[str, Any] = {
         "function_id": run.function_id,

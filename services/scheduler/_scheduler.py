@@ -46,6 +46,7 @@ from ._store import (
     ACTIVE_STATUSES,
     ENDED_STATUSES,
     claim_runs,
+    fenced_off,
     insert_run,
     lock_run,
     next_due_at,
@@ -281,14 +282,7 @@ class Scheduler:
                         runs.c.execution_sequence == lease.execution_sequence,
                         runs.c.status == "running",
                     )
-                    .values(
-                        lease_token=None,
-                        lease_expires_at=None,
-                        worker_id=None,
-                        available_at=now,
-                        execution_sequence=runs.c.execution_sequence + 1,
-                        updated_at=now,
-                    )
+                    .values(worker_id=None, available_at=now, **fenced_off(now))
                 )
                 released += result.rowcount
             return released
@@ -460,16 +454,7 @@ class Scheduler:
                 .limit(500)
             )
             lapsed = list((await conn.execute(lapsed_query)).scalars())
-            await update_runs(
-                conn,
-                lapsed,
-                lease_token=None,
-                lease_expires_at=None,
-                worker_id=None,
-                available_at=now,
-                execution_sequence=runs.c.execution_sequence + 1,
-                updated_at=now,
-            )
+            await update_runs(conn, lapsed, worker_id=None, available_at=now, **fenced_off(now))
             overdue_query = (
                 sa.select(runs).where(runs.c.status.in_(ACTIVE_STATUSES), runs.c.timeout_at < now).limit(500)
             )

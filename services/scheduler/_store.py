@@ -79,6 +79,17 @@ async def next_due_at(conn: AsyncConnection, function_ids: Sequence[str]) -> dat
     return value
 
 
+def fenced_off(now: datetime) -> dict[str, Any]:
+    """Column values that take a run's lease away: a new execution sequence makes anything the old
+    holder still sends stale."""
+    return {
+        "lease_token": None,
+        "lease_expires_at": None,
+        "execution_sequence": runs.c.execution_sequence + 1,
+        "updated_at": now,
+    }
+
+
 async def lock_run(conn: AsyncConnection, run_id: str, *, dialect: str) -> sa.Row[Any] | None:
     query = sa.select(runs).where(runs.c.id == run_id)
     row: sa.Row[Any] | None = (await conn.execute(_locking(query, dialect))).first()

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 import ironflow
 from ironflow.v1 import functions_pb2, functions_pb2_grpc, runs_pb2, workers_pb2, workers_pb2_grpc
@@ -362,7 +363,10 @@ async def test_a_report_for_a_job_the_worker_does_not_hold_is_rejected(
     async with grpc.aio.insecure_channel(target) as channel:
         stub = workers_pb2_grpc.WorkerServiceStub(channel)
         forged = runs_pb2.JobReport(
-            run_id=run_id, lease_token="lse_forged", execution_sequence=1, completed=_json_value("stolen")
+            run_id=run_id,
+            lease_token="lse_forged",
+            execution_sequence=1,
+            completed=struct_pb2.Value(string_value="stolen"),
         )
         response = await stub.Report(workers_pb2.ReportRequest(worker_id="intruder", reports=[forged]))
         assert list(response.accepted) == [False]
@@ -396,14 +400,6 @@ async def test_a_worker_with_a_bad_definition_is_refused_naming_the_field(
         await asyncio.wait_for(worker.run(), timeout=10)
     assert refused.value.code == "INVALID_ARGUMENT"
     assert field in refused.value.message
-
-
-def _json_value(value: Any) -> Any:
-    from google.protobuf import struct_pb2  # noqa: PLC0415
-
-    message = struct_pb2.Value()
-    message.string_value = value
-    return message
 
 
 async def _is_set(flag: threading.Event) -> bool:
