@@ -12,10 +12,11 @@ await ironflow.Worker(functions=[order_handler]).run()
 """
 
 from ._client import Client
-from ._context import Context, Steps
-from ._errors import IronflowError, NonRetryableError, RetryAfterError, StepError
+from ._context import Context
+from ._errors import InvokeError, IronflowError, NonRetryableError, RetryAfterError, StepError
 from ._function import CronTrigger, EventTrigger, Function, Retry, function, on_cron, on_event
 from ._models import EmitResult, Event, EventPage, FunctionInfo, PublishResult, Run, RunError, RunPage, Step
+from ._steps import InvokeHandle, Steps
 from ._sync import SyncClient
 from ._worker import Worker
 
@@ -29,6 +30,8 @@ __all__ = [
     "EventTrigger",
     "Function",
     "FunctionInfo",
+    "InvokeError",
+    "InvokeHandle",
     "IronflowError",
     "NonRetryableError",
     "PublishResult",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from ._models import RunError
+
 
 class IronflowError(Exception):
     """A failed call. `code` is a stable string such as "INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE"."""
@@ -40,3 +42,18 @@ class StepError(Exception):
         self.step_id = step_id
         self.code = code
         self.message = message
+
+
+class InvokeError(StepError):
+    """A function this run invoked (`ctx.step.invoke`) failed, was cancelled or did not end within
+    the timeout. `cause` says why (a `RunError`: code and message); the child run keeps its own life."""
+
+    def __init__(self, step_id: str, *, function_id: str, run_id: str, code: str, message: str) -> None:
+        super().__init__(step_id, code, message)
+        self.function_id = function_id
+        self.run_id = run_id
+        self.args = (f"invoke of {function_id!r} (run {run_id or '-'}) failed: {code}: {message}",)
+
+    @property
+    def cause(self) -> RunError:
+        return RunError(code=self.code, message=self.message)

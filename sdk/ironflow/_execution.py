@@ -8,25 +8,22 @@ from typing import Any
 from ironflow.v1 import runs_pb2
 
 from ._client import event_from_proto
-from ._context import (
-    Context,
-    JobChannel,
-    LeaseLostSignal,
-    StepFailedSignal,
-    Steps,
-    error_info,
-    to_value,
-)
-from ._errors import NonRetryableError
+from ._context import Context
+from ._errors import NonRetryableError, StepError
 from ._function import Function
+from ._signals import LeaseLostSignal, StepFailedSignal, YieldSignal
+from ._steps import JobChannel, Publisher, Steps
+from ._values import error_info, to_value
 
 log = logging.getLogger("ironflow.worker")
 
 
-async def execute(job: runs_pb2.Job, function: Function, channel: JobChannel) -> None:
+async def execute(
+    job: runs_pb2.Job, function: Function, channel: JobChannel, publisher: Publisher | None = None
+) -> None:
     """Run `job` to its next outcome. Cancellation (asyncio.CancelledError) propagates unreported:
     the server cancelled the run or handed it to someone else."""
-    steps = Steps(job, channel)
+    steps = Steps(job, channel, publisher)
     logger = logging.LoggerAdapter(
         logging.getLogger(f"ironflow.function.{function.id}"), {"run_id": job.run_id, "attempt": job.attempt}
     )
@@ -38,14 +35,21 @@ async def execute(job: runs_pb2.Job, function: Function, channel: JobChannel) ->
         result: Any = await function.handler(ctx)
         report.completed.CopyFrom(to_value(result, what=f"the return value of function {function.id!r}"))
     except StepFailedSignal as failed:
-        report.checkpoints.append(failed.checkpoint)
+        report.checkpoints.extend(failed.checkpoints)
         report.step_failed = True
+    except YieldSignal as suspended:
+        report.yielded.yields.extend(suspended.yields)
     except LeaseLostSignal:
         log.warning("run %s: lease lost; another worker has it now", job.run_id)
         return
-    except NonRetryableError as exc:
-        report.failed.CopyFrom(error_info(exc, non_retryable=True))
     except Exception as exc:  # noqa: BLE001 - a handler error is reported; the scheduler decides retries
-        report.failed.CopyFrom(error_info(exc))
+        final = isinstance(exc, NonRetryableError | StepError) or job.last_attempt
+        if final and steps.has_compensations:
+            try:
+                await steps.run_compensations()
+            except LeaseLostSignal:
+                log.warning("run %s: lease lost while compensating", job.run_id)
+                return
+        report.failed.CopyFrom(error_info(exc, non_retryable=isinstance(exc, NonRetryableError)))
     if not await channel.report(report, wait=True):
         log.warning("run %s: the server refused the outcome as stale", job.run_id)

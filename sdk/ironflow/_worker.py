@@ -17,17 +17,18 @@ import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from tenacity import AsyncRetrying, retry_if_exception, retry_if_exception_type, wait_random_exponential
 
 from ironflow.v1 import runs_pb2, workers_pb2
 
-from ._client import resolve_server_url
-from ._context import JobChannel
+from ._client import Client, resolve_server_url
 from ._errors import IronflowError
 from ._execution import execute
 from ._function import Function
+from ._models import PublishResult
+from ._steps import JobChannel
 from ._transport import PollTransport, StreamTransport, Transport, TransportClosedError
 
 log = logging.getLogger("ironflow.worker")
@@ -95,6 +96,8 @@ class Worker:
         self._draining = False
         self._task: asyncio.Task[None] | None = None
         self._transport: Transport | None = None
+        # For `step.publish`: opened with the first publish, closed when the worker stops.
+        self._client: Client | None = None
         self.connected = asyncio.Event()
 
     # -- public lifecycle ---------------------------------------------------------------------
@@ -194,6 +197,9 @@ class Worker:
             stop_waiter.cancel()
             self.connected.clear()
             await self._abandon_jobs("the worker stopped")
+            if self._client is not None:
+                await self._client.close()
+                self._client = None
 
     async def _connect_and_serve(self, transport: Transport) -> None:
         retrying = AsyncRetrying(
@@ -253,9 +259,14 @@ class Worker:
         self._running[job.run_id] = _Running(job=job, task=task)
         return True
 
+    async def _publish(self, topic: str, data: dict[str, Any], idempotency_key: str) -> PublishResult:
+        if self._client is None:
+            self._client = Client(self.server_url, api_key=self._api_key)
+        return await self._client.publish(topic, data, idempotency_key=idempotency_key)
+
     async def _execute(self, job: runs_pb2.Job, function: Function, channel: JobChannel) -> None:
         try:
-            await execute(job, function, channel)
+            await execute(job, function, channel, self._publish)
         except asyncio.CancelledError:
             log.info("run %s stopped on this worker", job.run_id)
             raise

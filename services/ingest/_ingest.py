@@ -13,15 +13,16 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from ironflow.services.core.errors import invalid_argument, not_found
+from ironflow.services.core.errors import ErrorCode, ServiceError, invalid_argument, not_found
 from ironflow.services.core.firehose import DEFAULT_FIREHOSE_MAXLEN, FIREHOSE_STREAM, FirehoseMessage
 from ironflow.services.core.ids import Clock, IdSource, random_id, utc_now
 from ironflow.services.core.storage import Database
 from ironflow.services.core.streams import Stream
 from ironflow.services.core.subjects import NAMESPACES, subject_for, validate_name
+from ironflow.v1 import runs_pb2
 
 from ._store import EventStore, StoredEvent
 from ._validation import DEFAULT_MAX_PAYLOAD_BYTES, check_data, check_idempotency_key, check_metadata
@@ -30,6 +31,11 @@ log = logging.getLogger("ironflow.ingest")
 
 # Starts the runs an event triggers and returns their ids (SchedulerService.Trigger).
 Trigger = Callable[[StoredEvent], Awaitable[list[str]]]
+# Blocks until the runs end or the timeout passes; one result per run (SchedulerService.WaitForRuns).
+WaitForRuns = Callable[[list[str], timedelta], Awaitable[list[runs_pb2.RunResult]]]
+
+DEFAULT_SYNC_TIMEOUT = timedelta(seconds=30)
+MAX_SYNC_TIMEOUT = timedelta(minutes=5)
 
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 1000
@@ -60,6 +66,7 @@ class Ingest:
         db: Database,
         stream: Stream,
         trigger: Trigger | None = None,
+        wait_for_runs: WaitForRuns | None = None,
         settings: IngestSettings | None = None,
         clock: Clock = utc_now,
         ids: IdSource = random_id,
@@ -67,6 +74,7 @@ class Ingest:
         self._store = EventStore(db)
         self._stream = stream
         self._trigger = trigger
+        self._wait_for_runs = wait_for_runs
         self._settings = settings or IngestSettings()
         self._clock = clock
         self._ids = ids
@@ -103,6 +111,32 @@ class Ingest:
         # A first emit, or a repeat of one whose triggering is not recorded yet (triggering is
         # idempotent, so asking again returns the same runs).
         return accepted, await self._trigger_event(accepted.event)
+
+    async def emit_sync(
+        self,
+        name: str,
+        data: Any,
+        *,
+        idempotency_key: Any = None,
+        metadata: Any = None,
+        wait: timedelta | None = None,
+    ) -> tuple[Accepted, list[runs_pb2.RunResult]]:
+        """Emit, then wait until every run the event started has ended or `wait` [30s] passed."""
+        within = DEFAULT_SYNC_TIMEOUT if wait is None else wait
+        if not timedelta(0) <= within <= MAX_SYNC_TIMEOUT:
+            raise invalid_argument("timeout", f"must be between 0 and {MAX_SYNC_TIMEOUT.total_seconds():g}s")
+        accepted, run_ids = await self.emit(name, data, idempotency_key=idempotency_key, metadata=metadata)
+        if not run_ids:
+            return accepted, []
+        if self._wait_for_runs is None:
+            raise ServiceError(
+                ErrorCode.UNAVAILABLE, "this ingest cannot reach the scheduler to wait for runs"
+            )
+        return accepted, await self._wait_for_runs(run_ids, within)
+
+    async def trigger_watermark(self) -> datetime | None:
+        """Every user event stored before this time has been handed to the scheduler (None: all)."""
+        return await self._store.oldest_untriggered()
 
     async def publish(
         self, topic: str, data: Any, *, idempotency_key: Any = None, metadata: Any = None

@@ -6,7 +6,6 @@ from typing import Any
 
 from connectrpc.request import RequestContext
 
-from ironflow.services.core.errors import ErrorCode, ServiceError
 from ironflow.services.core.protojson import dict_to_struct, struct_to_dict, to_timestamp
 from ironflow.services.core.subjects import subject_for
 from ironflow.v1 import common_pb2, events_pb2
@@ -36,9 +35,7 @@ class EventServiceRpc(EventService):
     def __init__(self, ingest: Ingest) -> None:
         self._ingest = ingest
 
-    async def _emit(
-        self, request: events_pb2.EmitRequest | events_pb2.EmitSyncRequest
-    ) -> tuple[Accepted, list[str]]:
+    async def _emit(self, request: events_pb2.EmitRequest) -> tuple[Accepted, list[str]]:
         return await self._ingest.emit(
             request.name,
             struct_to_dict(request.data),
@@ -56,11 +53,14 @@ class EventServiceRpc(EventService):
         )
 
     async def emit_sync(self, request: events_pb2.EmitSyncRequest, ctx: Ctx) -> events_pb2.EmitSyncResponse:
-        accepted, run_ids = await self._emit(request)
-        if run_ids:
-            # Waiting for runs arrives with the scheduler; until then no event starts a run.
-            raise ServiceError(ErrorCode.UNIMPLEMENTED, "EmitSync cannot wait for runs yet")
-        return events_pb2.EmitSyncResponse(event_id=accepted.event.id)
+        accepted, results = await self._ingest.emit_sync(
+            request.name,
+            struct_to_dict(request.data),
+            idempotency_key=request.idempotency_key,
+            metadata=dict(request.metadata),
+            wait=request.timeout.ToTimedelta() if request.HasField("timeout") else None,
+        )
+        return events_pb2.EmitSyncResponse(event_id=accepted.event.id, results=results)
 
     async def publish(self, request: events_pb2.PublishRequest, ctx: Ctx) -> events_pb2.PublishResponse:
         accepted = await self._ingest.publish(

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ironflow.services.core.storage import Database, events, insert_or_ignore
+from ironflow.services.core.storage import Database, UTCDateTime, events, insert_or_ignore
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,14 @@ class EventStore:
         async with self._db.reading() as conn:
             rows = (await conn.execute(query)).all()
         return [_from_row(row) for row in rows]
+
+    async def oldest_untriggered(self) -> datetime | None:
+        query = sa.select(sa.type_coerce(sa.func.min(events.c.created_at), UTCDateTime)).where(
+            events.c.triggered_at.is_(None), events.c.namespace == "events"
+        )
+        async with self._db.reading() as conn:
+            value: datetime | None = (await conn.execute(query)).scalar_one_or_none()
+        return value
 
     async def unstreamed(self, *, created_before: datetime, limit: int) -> list[StoredEvent]:
         """Events whose append to the stream never got recorded (the outbox)."""

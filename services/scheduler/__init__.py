@@ -3,12 +3,13 @@
 from ._catalog import CompiledFunction, FunctionCatalog, FunctionSource
 from ._options import RunOptions
 from ._rest import RunsRestApp
-from ._rpc import SchedulerServiceRpc
-from ._scheduler import Scheduler, SchedulerSettings
+from ._rpc import SchedulerServiceRpc, wait_timeout
+from ._scheduler import EventWatermark, Scheduler, SchedulerSettings
 from ._system_events import step_token
 
 __all__ = [
     "CompiledFunction",
+    "EventWatermark",
     "FunctionCatalog",
     "FunctionSource",
     "RunOptions",
@@ -17,4 +18,5 @@ __all__ = [
     "SchedulerServiceRpc",
     "SchedulerSettings",
     "step_token",
+    "wait_timeout",
 ]

@@ -46,31 +46,42 @@ class CompiledFunction:
     mode: str
     triggers: tuple[EventTrigger, ...]
     options: RunOptions
+    # Events that cancel active runs; conditions see `event` (the run's trigger) and `async` (this one).
+    cancel_on: tuple[EventTrigger, ...] = ()
 
     def matches(self, name: str, variables: dict[str, Any]) -> bool:
         return any(trigger.matches(name, variables) for trigger in self.triggers)
 
+    def cancelled_by(self, name: str) -> list[EventTrigger]:
+        return [trigger for trigger in self.cancel_on if trigger.pattern.matches(name)]
+
 
 def compile_function(function: functions_pb2.Function) -> CompiledFunction:
     definition = function.definition
-    triggers: list[EventTrigger] = []
-    for index, trigger in enumerate(definition.triggers):
-        if trigger.WhichOneof("kind") != "event":
-            continue
-        field = f"functions[{definition.id}].triggers[{index}]"
-        condition = getattr(trigger.event, "if")
-        triggers.append(
-            EventTrigger(
-                pattern=NamePattern.parse(trigger.event.event, field=f"{field}.event"),
-                condition=compile_expression(condition, field=f"{field}.if") if condition else None,
-            )
-        )
+    triggers = [
+        _event_trigger(trigger.event, f"functions[{definition.id}].triggers[{index}]")
+        for index, trigger in enumerate(definition.triggers)
+        if trigger.WhichOneof("kind") == "event"
+    ]
+    cancel_on = [
+        _event_trigger(trigger, f"functions[{definition.id}].cancel_on[{index}]")
+        for index, trigger in enumerate(definition.cancel_on)
+    ]
     return CompiledFunction(
         id=definition.id,
         version=function.version,
         mode="push" if definition.mode == functions_pb2.FUNCTION_MODE_PUSH else "pull",
         triggers=tuple(triggers),
         options=RunOptions.from_definition(definition),
+        cancel_on=tuple(cancel_on),
+    )
+
+
+def _event_trigger(trigger: functions_pb2.EventTrigger, field: str) -> EventTrigger:
+    condition = getattr(trigger, "if")
+    return EventTrigger(
+        pattern=NamePattern.parse(trigger.event, field=f"{field}.event"),
+        condition=compile_expression(condition, field=f"{field}.if") if condition else None,
     )
 
 

@@ -79,6 +79,7 @@ def run_to_proto(row: sa.Row[Any]) -> runs_pb2.Run:
         status=RUN_STATUS[row.status],
         attempt=row.attempt,
         parent_run_id=row.parent_run_id or "",
+        parent_step_id=row.parent_step_id or "",
     )
     if row.output is not None or row.status == "completed":
         run.output.CopyFrom(python_to_value(row.output))
@@ -110,7 +111,8 @@ def memoized_step(row: sa.Row[Any]) -> runs_pb2.MemoizedStep | None:
     if row.status not in ("completed", "failed", "retrying"):
         return None
     memo = runs_pb2.MemoizedStep(step_id=row.step_id, status=STEP_STATUS[row.status], attempt=row.attempt)
-    if row.status == "completed":
+    # A failed invoke keeps its child's handle as output, so the handler's InvokeError can name it.
+    if row.status == "completed" or row.output is not None:
         memo.output.CopyFrom(python_to_value(row.output))
     error = error_from_json(row.error)
     if error is not None:

@@ -8,48 +8,35 @@ catch it), or whether the run fails or pauses. Workers of any SDK version theref
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ironflow.services.core.errors import ErrorCode, ServiceError
+from ironflow.services.core.errors import invalid_argument
 from ironflow.services.core.protojson import value_to_python
 from ironflow.v1 import common_pb2, runs_pb2
 
 from ._convert import error_to_json, retry_after
 from ._options import RunOptions
-from ._store import fenced_off, get_step, save_step, update_run
+from ._store import fenced_off, get_step, lock_run, save_step, update_run
 from ._system_events import SystemEvents
+from ._waits import close_waits, open_child_wait, resolve_wait
+from ._yields import YieldContext, apply_yields, finish_waited_step
 
-
-@dataclass
-class ReportEffects:
-    """What the transaction changed that someone outside it must hear about."""
-
-    ended: list[str] = field(default_factory=list)
-    requeued: bool = False
+# Steps that undo a completed step when the run fails for good (`step.compensate`).
+COMPENSATION_KIND = "compensate"
 
 
 async def apply_report(
-    conn: AsyncConnection,
-    run: sa.Row[Any],
-    report: runs_pb2.JobReport,
-    *,
-    now: datetime,
-    events: SystemEvents,
-    effects: ReportEffects,
+    conn: AsyncConnection, run: sa.Row[Any], report: runs_pb2.JobReport, ctx: YieldContext
 ) -> None:
     """Record `report` for the locked, lease-checked `run`."""
+    now, events = ctx.now, ctx.events
     options = RunOptions.from_json(run.options)
-    failed: list[runs_pb2.StepCheckpoint] = []
-    for checkpoint in report.checkpoints:
-        if checkpoint.status == runs_pb2.STEP_STATUS_FAILED:
-            failed.append(checkpoint)
-        else:
-            await _record_checkpoint(conn, run.id, checkpoint, now=now, events=events)
+    failed = await _record_checkpoints(conn, run.id, report.checkpoints, now=now, events=events)
 
     retry_at: datetime | None = None
     next_attempt = run.attempt
@@ -66,28 +53,40 @@ async def apply_report(
     if outcome is None and not failed:
         return
     if outcome == "completed":
-        await _end(
-            conn,
-            run,
-            "completed",
-            now=now,
-            events=events,
-            effects=effects,
-            output=value_to_python(report.completed),
+        await end_run(
+            conn, run, "completed", now=now, events=events, output=value_to_python(report.completed)
         )
     elif outcome == "failed":
-        await _handler_failed(conn, run, report.failed, options, now=now, events=events, effects=effects)
+        await _handler_failed(conn, run, report.failed, options, now=now, events=events)
     elif outcome == "yielded":
-        raise ServiceError(
-            ErrorCode.UNIMPLEMENTED, "yielding steps (sleep, wait_for_event, invoke) are not available yet"
-        )
+        await apply_yields(conn, run, list(report.yielded.yields), ctx)
     elif pause:
         await _pause(conn, run, now=now, events=events)
     else:
         # A step failed (outcome step_failed, or a bare FAILED checkpoint): run again when it is due;
         # with no retry left the error is handed back to the handler at once.
         await _requeue(conn, run, at=retry_at or now, attempt=next_attempt, now=now)
-        effects.requeued = True
+        events.due = True
+
+
+async def _record_checkpoints(
+    conn: AsyncConnection,
+    run_id: str,
+    checkpoints: Sequence[runs_pb2.StepCheckpoint],
+    *,
+    now: datetime,
+    events: SystemEvents,
+) -> list[runs_pb2.StepCheckpoint]:
+    """Store progress and outcomes; returns the step failures the retry policy must decide on."""
+    failed: list[runs_pb2.StepCheckpoint] = []
+    for checkpoint in checkpoints:
+        if checkpoint.status != runs_pb2.STEP_STATUS_FAILED:
+            await _record_checkpoint(conn, run_id, checkpoint, now=now, events=events)
+        elif checkpoint.kind == COMPENSATION_KIND:
+            await _record_compensation_failure(conn, run_id, checkpoint, now=now, events=events)
+        else:
+            failed.append(checkpoint)
+    return failed
 
 
 async def _record_checkpoint(
@@ -136,9 +135,8 @@ async def _record_checkpoint(
         )
         events.step(run_id, checkpoint.step_id, "completed", {**notice, "output": output})
     else:
-        raise ServiceError(
-            ErrorCode.INVALID_ARGUMENT,
-            f"checkpoints[{checkpoint.step_id}].status: a worker reports RUNNING, COMPLETED or FAILED",
+        raise invalid_argument(
+            f"checkpoints[{checkpoint.step_id}].status", "a worker reports RUNNING, COMPLETED or FAILED"
         )
 
 
@@ -184,6 +182,35 @@ async def _record_step_failure(
     return now + delay
 
 
+async def _record_compensation_failure(
+    conn: AsyncConnection,
+    run_id: str,
+    checkpoint: runs_pb2.StepCheckpoint,
+    *,
+    now: datetime,
+    events: SystemEvents,
+) -> None:
+    """An undo failed: recorded as it is, never retried (the run is failing already, and the other
+    undos still run)."""
+    existing = await get_step(conn, run_id, checkpoint.step_id)
+    error = error_to_json(checkpoint.error)
+    name = checkpoint.name or checkpoint.step_id
+    await save_step(
+        conn,
+        run_id,
+        checkpoint.step_id,
+        name=name,
+        kind=COMPENSATION_KIND,
+        status="failed",
+        attempt=max(checkpoint.attempt, 1),
+        output=None,
+        error=error,
+        started_at=existing.started_at if existing is not None and existing.started_at else now,
+        ended_at=now,
+    )
+    events.step(run_id, checkpoint.step_id, "failed", {"name": name, "attempt": 1, "error": error})
+
+
 async def _handler_failed(
     conn: AsyncConnection,
     run: sa.Row[Any],
@@ -192,7 +219,6 @@ async def _handler_failed(
     *,
     now: datetime,
     events: SystemEvents,
-    effects: ReportEffects,
 ) -> None:
     """The handler raised outside any step: the same policy as a step, counted by run attempt."""
     attempt = max(run.attempt, 1)
@@ -200,11 +226,11 @@ async def _handler_failed(
         if options.on_exhausted == "pause" and not error.non_retryable:
             await _pause(conn, run, now=now, events=events)
             return
-        await _end(conn, run, "failed", now=now, events=events, effects=effects, error=error_to_json(error))
+        await end_run(conn, run, "failed", now=now, events=events, error=error_to_json(error))
         return
     delay = retry_after(error) or options.backoff(attempt)
     await _requeue(conn, run, at=now + delay, attempt=attempt + 1, now=now)
-    effects.requeued = True
+    events.due = True
 
 
 async def _requeue(
@@ -218,21 +244,6 @@ async def _pause(conn: AsyncConnection, run: sa.Row[Any], *, now: datetime, even
     events.run(run.id, "paused", {"function_id": run.function_id, "attempt": run.attempt})
 
 
-async def _end(
-    conn: AsyncConnection,
-    run: sa.Row[Any],
-    status: str,
-    *,
-    now: datetime,
-    events: SystemEvents,
-    effects: ReportEffects,
-    output: Any = None,
-    error: dict[str, Any] | None = None,
-) -> None:
-    await end_run(conn, run, status, now=now, events=events, output=output, error=error)
-    effects.ended.append(run.id)
-
-
 async def end_run(
     conn: AsyncConnection,
     run: sa.Row[Any],
@@ -243,7 +254,7 @@ async def end_run(
     output: Any = None,
     error: dict[str, Any] | None = None,
 ) -> None:
-    """Move a run to a final status and announce it."""
+    """Move a run to a final status and announce it; a parent invoking it is resumed."""
     await update_run(
         conn,
         run.id,
@@ -267,3 +278,40 @@ async def end_run(
     duration = now - run.started_at if run.started_at is not None else timedelta(0)
     data["duration_ms"] = round(duration.total_seconds() * 1000, 3)
     events.run(run.id, status, data)
+    events.ended.append(run.id)
+    await close_waits(conn, run.id, now=now)
+    if run.parent_run_id:
+        await _resume_parent(conn, run, status, now=now, events=events, output=output, error=error)
+
+
+async def _resume_parent(
+    conn: AsyncConnection,
+    child: sa.Row[Any],
+    status: str,
+    *,
+    now: datetime,
+    events: SystemEvents,
+    output: Any,
+    error: dict[str, Any] | None,
+) -> None:
+    """The child of an `invoke` ended: the parent's invoke step gets its output, or fails with why."""
+    wait = await open_child_wait(conn, child.id)
+    if wait is None:
+        return  # invoke_async, or the parent stopped waiting (timed out, ended)
+    # Lock order is run before wait: take the parent, then check the wait is still ours to resolve.
+    await lock_run(conn, wait.run_id, dialect=conn.dialect.name)
+    if not await resolve_wait(conn, wait.id, now=now):
+        return
+    handle = {"function_id": child.function_id, "run_id": child.id}
+    if status == "completed":
+        await finish_waited_step(conn, wait.run_id, wait.step_id, now=now, events=events, output=output)
+        return
+    cause = error or {"code": status.upper(), "message": f"child run {status}"}
+    failure = {
+        "code": cause.get("code") or status.upper(),
+        "message": f"{child.function_id} run {child.id} {status}: {cause.get('message', '')}",
+        "non_retryable": True,
+    }
+    await finish_waited_step(
+        conn, wait.run_id, wait.step_id, now=now, events=events, output=handle, error=failure
+    )

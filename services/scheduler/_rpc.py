@@ -1,8 +1,4 @@
-"""SchedulerService over Connect/gRPC: a thin translation onto `Scheduler`.
-
-RPCs not overridden here (Invoke, ResumeRun) answer UNIMPLEMENTED through the generated protocol's
-defaults until their issue lands.
-"""
+"""SchedulerService over Connect/gRPC: a thin translation onto `Scheduler`."""
 
 from __future__ import annotations
 
@@ -10,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from connectrpc.request import RequestContext
+from google.protobuf import duration_pb2
 
 from ironflow.services.core.errors import invalid_argument
 from ironflow.services.core.protojson import duration_seconds
@@ -23,12 +20,28 @@ DEFAULT_WAIT = timedelta(seconds=30)
 MAX_WAIT = timedelta(minutes=5)
 
 
+def wait_timeout(requested: duration_pb2.Duration | None) -> timedelta:
+    """How long a caller may wait for runs (WaitForRuns, EmitSync): [30s], at most 5 minutes."""
+    if requested is None:
+        return DEFAULT_WAIT
+    seconds = duration_seconds(requested)
+    if not 0 <= seconds <= MAX_WAIT.total_seconds():
+        raise invalid_argument("timeout", f"must be between 0 and {MAX_WAIT.total_seconds():g}s")
+    return timedelta(seconds=seconds)
+
+
 class SchedulerServiceRpc(SchedulerService):
     def __init__(self, scheduler: Scheduler) -> None:
         self._scheduler = scheduler
 
     async def trigger(self, request: runs_pb2.TriggerRequest, ctx: Ctx) -> runs_pb2.TriggerResponse:
         return runs_pb2.TriggerResponse(run_ids=await self._scheduler.trigger(request.event))
+
+    async def invoke(self, request: runs_pb2.InvokeRequest, ctx: Ctx) -> runs_pb2.InvokeResponse:
+        return runs_pb2.InvokeResponse(run_id=await self._scheduler.invoke(request))
+
+    async def resume_run(self, request: runs_pb2.ResumeRunRequest, ctx: Ctx) -> runs_pb2.ResumeRunResponse:
+        return runs_pb2.ResumeRunResponse(run=await self._scheduler.resume_run(request.id, request.from_step))
 
     async def get_run(self, request: runs_pb2.GetRunRequest, ctx: Ctx) -> runs_pb2.GetRunResponse:
         return runs_pb2.GetRunResponse(run=await self._scheduler.get_run(request.id))
@@ -47,12 +60,7 @@ class SchedulerServiceRpc(SchedulerService):
     async def wait_for_runs(
         self, request: runs_pb2.WaitForRunsRequest, ctx: Ctx
     ) -> runs_pb2.WaitForRunsResponse:
-        timeout = DEFAULT_WAIT
-        if request.HasField("timeout"):
-            seconds = duration_seconds(request.timeout)
-            if not 0 <= seconds <= MAX_WAIT.total_seconds():
-                raise invalid_argument("timeout", f"must be between 0 and {MAX_WAIT.total_seconds():g}s")
-            timeout = timedelta(seconds=seconds)
+        timeout = wait_timeout(request.timeout if request.HasField("timeout") else None)
         results, all_ended = await self._scheduler.wait_for_runs(list(request.run_ids), timeout)
         return runs_pb2.WaitForRunsResponse(results=results, all_ended=all_ended)
 

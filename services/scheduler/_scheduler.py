@@ -1,9 +1,9 @@
 """The scheduler: turns events into runs and drives each run through its states.
 
 States: queued -> running -> (completed | failed | cancelled), with paused when a retry policy says
-so (sleeping and waiting arrive with the steps that yield). Every change is one transaction fenced by
-the run's (lease token, execution sequence); the lifecycle events it causes go on the firehose after
-the commit, in the order they happened.
+so, and sleeping / waiting while a run is suspended on steps that yield (`_yields.py`). Every change
+is one transaction fenced by the run's (lease token, execution sequence); the lifecycle events it
+causes go on the firehose after the commit, in the order they happened.
 
 Leases: a worker holds a run for `lease_duration` and renews it by heartbeat. A lease that lapses,
 or is released because the worker's stream dropped, is cleared with a new execution sequence, so the
@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,28 +26,26 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ironflow.services.core.errors import ErrorCode, ServiceError, invalid_argument, not_found
 from ironflow.services.core.firehose import FIREHOSE_STREAM
 from ironflow.services.core.ids import Clock, IdSource, random_id, utc_now
-from ironflow.services.core.protojson import duration_seconds, to_timestamp
+from ironflow.services.core.protojson import duration_seconds, struct_to_dict, to_timestamp
 from ironflow.services.core.signals import RunNotices
-from ironflow.services.core.storage import Database, runs, steps
+from ironflow.services.core.storage import Database, runs
 from ironflow.services.core.streams import Stream
 from ironflow.v1 import common_pb2, runs_pb2
 
-from ._catalog import FunctionCatalog
-from ._convert import (
-    RUN_STATUS_NAMES,
-    event_from_json,
-    event_to_json,
-    memoized_step,
-    run_to_proto,
-    step_to_proto,
-)
-from ._reports import ReportEffects, apply_report, end_run
+from . import _queries
+from ._catalog import CompiledFunction, FunctionCatalog
+from ._convert import event_from_json, event_to_json, memoized_step
+from ._invocation import invoked_event, start_run
+from ._matchers import MatchCache, event_variables
+from ._matching import has_open_waits, resume_waits, runs_to_cancel
+from ._options import RunOptions
+from ._reports import apply_report, end_run
+from ._resume import resume
 from ._store import (
     ACTIVE_STATUSES,
     ENDED_STATUSES,
     claim_runs,
     fenced_off,
-    insert_run,
     lock_run,
     next_due_at,
     steps_of,
@@ -55,12 +53,20 @@ from ._store import (
     update_runs,
 )
 from ._system_events import SystemEvents
+from ._timers import fire_due_waits
+from ._waits import next_timer_at
+from ._yields import YieldContext
+
+# When every event stored before the returned time has been through Trigger (None: all of them).
+# Event waits only time out behind this mark, so an event that was stored in time but triggered late
+# (the scheduler was down) still resumes its wait.
+EventWatermark = Callable[[], Awaitable[datetime | None]]
 
 log = logging.getLogger("ironflow.scheduler")
 
-DEFAULT_LIST_LIMIT = 50
-MAX_LIST_LIMIT = 1000
 MAX_JOBS_PER_LEASE = 500
+MAX_TIMERS_PER_ROUND = 500
+DEFAULT_INVOKE_TIMEOUT = timedelta(seconds=30)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,8 +76,13 @@ class SchedulerSettings:
     sweep_interval: timedelta = timedelta(seconds=1)
     default_lease: timedelta = timedelta(seconds=30)
     max_lease: timedelta = timedelta(minutes=10)
-    # WaitForRuns re-reads at least this often (a run may end on another replica).
-    wait_poll_interval: timedelta = timedelta(milliseconds=500)
+    # The timer loop looks for due timers at least this often (another replica may have added one).
+    timer_interval: timedelta = timedelta(seconds=1)
+    # Event waits time out only behind the ingest's trigger watermark, but never later than this
+    # (an event the scheduler keeps refusing must not hold every other wait's timeout back forever).
+    max_event_wait_hold: timedelta = timedelta(minutes=5)
+    # WaitForRuns is woken by each run's end; this is only a backstop for runs ended by another replica.
+    wait_recheck_interval: timedelta = timedelta(seconds=5)
 
 
 class Scheduler:
@@ -85,6 +96,7 @@ class Scheduler:
         settings: SchedulerSettings | None = None,
         clock: Clock = utc_now,
         ids: IdSource = random_id,
+        event_watermark: EventWatermark | None = None,
     ) -> None:
         self._db = db
         self._stream = stream
@@ -93,7 +105,11 @@ class Scheduler:
         self._settings = settings or SchedulerSettings()
         self._clock = clock
         self._ids = ids
-        self._ended = asyncio.Condition()
+        self._event_watermark = event_watermark
+        self._matchers = MatchCache()
+        # Callers of wait_for_runs, woken by the end of any run they wait for.
+        self._run_waiters: dict[str, set[asyncio.Event]] = {}
+        self._timers_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -103,7 +119,10 @@ class Scheduler:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._sweep_forever(), name="scheduler-sweeper")]
+        self._tasks = [
+            asyncio.create_task(self._sweep_forever(), name="scheduler-sweeper"),
+            asyncio.create_task(self._fire_timers_forever(), name="scheduler-timers"),
+        ]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -116,61 +135,102 @@ class Scheduler:
     # -- triggering -------------------------------------------------------------------------
 
     async def trigger(self, event: common_pb2.Event) -> list[str]:
-        """Create one run per matching function, idempotently; returns every run id of the event."""
+        """Create one run per matching function, idempotently; resume the waits the event matches and
+        cancel the runs it cancels. Returns every run id the event started."""
         if not event.id:
             raise invalid_argument("event.id", "is required")
         if event.namespace not in ("", "events"):
             return []  # topic messages and engine events never start runs
         stored_event = event_to_json(event)
-        variables = {
-            "event": {
-                "name": event.name,
-                "data": stored_event["data"],
-                "id": event.id,
-                "timestamp": event.timestamp.ToDatetime(tzinfo=UTC) if event.HasField("timestamp") else None,
-            }
-        }
-        matched = await self._catalog.match(event.name, variables)
-        if not matched:
-            return []
+        matched = await self._catalog.match(event.name, {"event": event_variables(stored_event)})
+        cancelling = [f for f in await self._catalog.functions() if f.cancelled_by(event.name)]
+        if not matched and not cancelling:
+            async with self._db.reading() as conn:
+                if not await has_open_waits(conn, event.name):
+                    return []
         now = self._clock()
 
-        async def work(conn: AsyncConnection) -> tuple[list[str], SystemEvents]:
+        async def work(conn: AsyncConnection) -> tuple[list[str], list[str], SystemEvents]:
             announced = SystemEvents(ids=self._ids, now=now)
-            run_ids = []
-            for function in matched:
-                run_id, created = await insert_run(
+            run_ids = [
+                await start_run(
                     conn,
-                    {
-                        "id": self._ids("run"),
-                        "function_id": function.id,
-                        "function_version": function.version,
-                        "event_id": event.id,
-                        "status": "queued",
-                        "attempt": 1,
-                        "input": {"event": stored_event},
-                        "options": function.options.to_json(),
-                        "available_at": now,
-                        "execution_sequence": 0,
-                        "created_at": now,
-                        "updated_at": now,
-                    },
+                    function,
+                    stored_event,
+                    now=now,
+                    ids=self._ids,
                     dialect=self._db.dialect,
+                    events=announced,
                 )
-                run_ids.append(run_id)
-                if created:
-                    announced.run(
-                        run_id,
-                        "created",
-                        {"function_id": function.id, "event_id": event.id, "status": "queued"},
-                    )
-            return run_ids, announced
+                for function in matched
+            ]
+            await resume_waits(
+                conn,
+                stored_event,
+                now=now,
+                events=announced,
+                matchers=self._matchers,
+                dialect=self._db.dialect,
+            )
+            cancelled = []
+            for run in await runs_to_cancel(conn, cancelling, stored_event):
+                locked = await lock_run(conn, run.id, dialect=self._db.dialect)
+                if locked is None or locked.status not in ACTIVE_STATUSES:
+                    continue
+                error = {"code": "CANCELLED", "message": f"cancelled by event {event.name} ({event.id})"}
+                await end_run(conn, locked, "cancelled", now=now, events=announced, error=error)
+                cancelled.append(run.id)
+            return run_ids, cancelled, announced
 
-        run_ids, announced = await self._db.run(work)
-        await self._publish(announced)
-        if announced.messages:
-            self._notices.work_available()
+        run_ids, cancelled, announced = await self._db.run(work)
+        for run_id in cancelled:
+            self._notices.run_cancelled(run_id, f"cancelled by event {event.name}")
+        await self._after_commit(announced)
         return run_ids
+
+    async def invoke(self, request: runs_pb2.InvokeRequest) -> str:
+        """Start a run of a function directly (no event); returns its id. The same idempotency key
+        returns the same run."""
+        function = await self._active_function(request.function_id, field="function_id")
+        now = self._clock()
+        parent = (request.parent_run_id, request.parent_step_id) if request.parent_run_id else None
+        event = invoked_event(
+            self._ids("evt"),
+            function_id=function.id,
+            data=struct_to_dict(request.data),
+            now=now,
+            parent=parent,
+            idempotency_key=request.idempotency_key,
+        )
+
+        async def work(conn: AsyncConnection) -> tuple[str, SystemEvents]:
+            announced = SystemEvents(ids=self._ids, now=now)
+            run_id = await start_run(
+                conn,
+                function,
+                event,
+                now=now,
+                ids=self._ids,
+                dialect=self._db.dialect,
+                events=announced,
+                parent_run_id=request.parent_run_id or None,
+                parent_step_id=request.parent_step_id or None,
+            )
+            return run_id, announced
+
+        run_id, announced = await self._db.run(work)
+        await self._after_commit(announced)
+        return run_id
+
+    async def _active_function(self, function_id: str, *, field: str) -> CompiledFunction:
+        if not function_id:
+            raise invalid_argument(field, "is required")
+        function = await self._catalog.get(function_id)
+        if function is None:
+            raise ServiceError(
+                ErrorCode.NOT_FOUND, f"function {function_id!r} not found (or not active); register it first"
+            )
+        return function
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -227,7 +287,7 @@ class Scheduler:
             return jobs, await next_due_at(conn, function_ids), announced
 
         jobs, due, announced = await self._db.run(work)
-        await self._publish(announced)
+        await self._after_commit(announced)
         response = runs_pb2.LeaseJobsResponse(jobs=jobs)
         if due is not None:
             response.next_due_at.CopyFrom(to_timestamp(due))
@@ -294,12 +354,18 @@ class Scheduler:
     async def report_jobs(self, request: runs_pb2.ReportJobRequest) -> runs_pb2.ReportJobResponse:
         """Record checkpoints and outcomes, one transaction for the whole batch; stale ones are refused."""
         now = self._clock()
+        functions = await self._invoke_targets(request.reports)
 
-        async def work(
-            conn: AsyncConnection,
-        ) -> tuple[list[bool], list[str], ReportEffects, SystemEvents]:
+        async def work(conn: AsyncConnection) -> tuple[list[bool], list[str], SystemEvents]:
             announced = SystemEvents(ids=self._ids, now=now)
-            effects = ReportEffects()
+            ctx = YieldContext(
+                now=now,
+                events=announced,
+                dialect=self._db.dialect,
+                ids=self._ids,
+                matchers=self._matchers,
+                functions=functions,
+            )
             accepted: list[bool] = []
             cancelled: list[str] = []
             for report in request.reports:
@@ -315,100 +381,76 @@ class Scheduler:
                         cancelled.append(run.id)
                     continue
                 assert run is not None
-                await apply_report(conn, run, report, now=now, events=announced, effects=effects)
+                await apply_report(conn, run, report, ctx)
                 accepted.append(True)
-            return accepted, cancelled, effects, announced
+            return accepted, cancelled, announced
 
-        accepted, cancelled, effects, announced = await self._db.run(work)
-        await self._publish(announced)
-        if effects.requeued:
-            self._notices.work_available()
-        if effects.ended:
-            await self._announce_ended()
+        accepted, cancelled, announced = await self._db.run(work)
+        await self._after_commit(announced)
         return runs_pb2.ReportJobResponse(accepted=accepted, cancelled_run_ids=cancelled)
+
+    async def _invoke_targets(
+        self, reports: Sequence[runs_pb2.JobReport]
+    ) -> dict[str, CompiledFunction | None]:
+        """The functions yielded invokes start, looked up before the transaction opens."""
+        wanted = {
+            step_yield.invoke.function_id
+            for report in reports
+            if report.WhichOneof("outcome") == "yielded"
+            for step_yield in report.yielded.yields
+            if step_yield.WhichOneof("kind") == "invoke"
+        }
+        return {function_id: await self._catalog.get(function_id) for function_id in wanted}
 
     # -- reading ----------------------------------------------------------------------------
 
     async def get_run(self, run_id: str) -> runs_pb2.Run:
-        if not run_id:
-            raise invalid_argument("id", "is required")
-        async with self._db.reading() as conn:
-            row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
-        if row is None:
-            raise not_found("run", run_id)
-        return run_to_proto(row)
+        return await _queries.get_run(self._db, run_id)
 
     async def list_runs(self, request: runs_pb2.ListRunsRequest) -> runs_pb2.ListRunsResponse:
-        if not 0 <= request.limit <= MAX_LIST_LIMIT:
-            raise invalid_argument("limit", f"must be between 1 and {MAX_LIST_LIMIT}")
-        limit = request.limit or DEFAULT_LIST_LIMIT
-        query = sa.select(runs)
-        if request.function_id:
-            query = query.where(runs.c.function_id == request.function_id)
-        if request.event_id:
-            query = query.where(runs.c.event_id == request.event_id)
-        if request.status:
-            if request.status not in RUN_STATUS_NAMES:
-                raise invalid_argument("status", f"unknown run status {request.status}")
-            query = query.where(runs.c.status == RUN_STATUS_NAMES[request.status])
-        if request.cursor:
-            created_at, run_id = _parse_cursor(request.cursor)
-            query = query.where(
-                sa.or_(
-                    runs.c.created_at < created_at,
-                    sa.and_(runs.c.created_at == created_at, runs.c.id < run_id),
-                )
-            )
-        query = query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1)
-        async with self._db.reading() as conn:
-            rows = (await conn.execute(query)).all()
-        page = rows[:limit]
-        cursor = f"{page[-1].created_at.isoformat()}|{page[-1].id}" if len(rows) > limit else ""
-        return runs_pb2.ListRunsResponse(runs=[run_to_proto(row) for row in page], next_cursor=cursor)
+        return await _queries.list_runs(self._db, request)
 
     async def get_run_steps(self, run_id: str) -> list[runs_pb2.Step]:
-        if not run_id:
-            raise invalid_argument("run_id", "is required")
-        async with self._db.reading() as conn:
-            exists = (await conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id))).first()
-            if exists is None:
-                raise not_found("run", run_id)
-            rows = (
-                await conn.execute(
-                    sa.select(steps)
-                    .where(steps.c.run_id == run_id)
-                    .order_by(steps.c.started_at, steps.c.step_id)
-                )
-            ).all()
-        return [step_to_proto(row) for row in rows]
+        return await _queries.get_run_steps(self._db, run_id)
 
     async def wait_for_runs(
         self, run_ids: Sequence[str], within: timedelta
     ) -> tuple[list[runs_pb2.RunResult], bool]:
-        """The runs' results once all have ended, or as they are when `within` has passed."""
+        """The runs' results once all have ended, or as they are when `within` has passed (those
+        still going are marked `timed_out`). Woken by each run's end, not by polling."""
         if not run_ids:
             return [], True
-        deadline = asyncio.get_running_loop().time() + within.total_seconds()
-        while True:
-            async with self._db.reading() as conn:
-                rows = {
-                    row.id: row
-                    for row in await conn.execute(sa.select(runs).where(runs.c.id.in_(list(run_ids))))
-                }
-            missing = [run_id for run_id in run_ids if run_id not in rows]
-            if missing:
-                raise not_found("run", missing[0])
-            ended = all(row.status in ENDED_STATUSES for row in rows.values())
-            remaining = deadline - asyncio.get_running_loop().time()
-            if ended or remaining <= 0:
-                results = [_result(rows[run_id]) for run_id in run_ids]
-                return results, ended
-            async with self._ended:
+        wanted = list(dict.fromkeys(run_ids))
+        woken = asyncio.Event()
+        for run_id in wanted:
+            self._run_waiters.setdefault(run_id, set()).add(woken)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within.total_seconds()
+        try:
+            while True:
+                woken.clear()
+                rows = await _queries.read_runs(self._db, wanted)
+                missing = [run_id for run_id in wanted if run_id not in rows]
+                if missing:
+                    raise not_found("run", missing[0])
+                ended = all(row.status in ENDED_STATUSES for row in rows.values())
+                remaining = deadline - loop.time()
+                if ended or remaining <= 0:
+                    results = [
+                        _queries.run_result(rows[run_id], timed_out=rows[run_id].status not in ENDED_STATUSES)
+                        for run_id in run_ids
+                    ]
+                    return results, ended
+                recheck = min(remaining, self._settings.wait_recheck_interval.total_seconds())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._ended.wait(),
-                        timeout=min(remaining, self._settings.wait_poll_interval.total_seconds()),
-                    )
+                    await asyncio.wait_for(woken.wait(), timeout=recheck)
+        finally:
+            for run_id in wanted:
+                waiters = self._run_waiters.get(run_id)
+                if waiters is not None:
+                    waiters.discard(woken)
+                    if not waiters:
+                        del self._run_waiters[run_id]
 
     # -- control ----------------------------------------------------------------------------
 
@@ -431,9 +473,25 @@ class Scheduler:
             return announced
 
         announced = await self._db.run(work)
-        await self._publish(announced)
         self._notices.run_cancelled(run_id, reason or "cancelled")
-        await self._announce_ended()
+        await self._after_commit(announced)
+        return await self.get_run(run_id)
+
+    async def resume_run(self, run_id: str, from_step: str = "") -> runs_pb2.Run:
+        """Requeue a failed or paused run; steps that completed stay memoized."""
+        if not run_id:
+            raise invalid_argument("id", "is required")
+        now = self._clock()
+
+        async def work(conn: AsyncConnection) -> SystemEvents:
+            announced = SystemEvents(ids=self._ids, now=now)
+            run = await lock_run(conn, run_id, dialect=self._db.dialect)
+            if run is None:
+                raise not_found("run", run_id)
+            await resume(conn, run, from_step, now=now, events=announced)
+            return announced
+
+        await self._after_commit(await self._db.run(work))
         return await self.get_run(run_id)
 
     # -- sweeping ---------------------------------------------------------------------------
@@ -470,15 +528,56 @@ class Scheduler:
             return lapsed, [run.id for run in overdue], announced
 
         lapsed, overdue, announced = await self._db.run(work)
-        await self._publish(announced)
         if lapsed:
             log.info("re-queued %d runs whose lease lapsed", len(lapsed))
-            self._notices.work_available()
+            announced.due = True
         for run_id in overdue:
             self._notices.run_cancelled(run_id, "timed out")
-        if overdue:
-            await self._announce_ended()
+        await self._after_commit(announced)
         return len(lapsed), len(overdue)
+
+    async def fire_timers(self) -> tuple[int, datetime | None]:
+        """Fire every due timer; returns (fired, when the next one is due)."""
+        now = self._clock()
+        watermark = await self._event_watermark() if self._event_watermark is not None else None
+        seen_until = (
+            now if watermark is None else min(now, max(watermark, now - self._settings.max_event_wait_hold))
+        )
+
+        async def work(conn: AsyncConnection) -> tuple[int, int, datetime | None, SystemEvents]:
+            announced = SystemEvents(ids=self._ids, now=now)
+            fired = await fire_due_waits(
+                conn,
+                now=now,
+                events_seen_until=seen_until,
+                events=announced,
+                dialect=self._db.dialect,
+                limit=MAX_TIMERS_PER_ROUND,
+            )
+            return fired.fired, fired.skipped, await next_timer_at(conn), announced
+
+        fired, skipped, next_at, announced = await self._db.run(work)
+        await self._after_commit(announced)
+        if skipped or fired >= MAX_TIMERS_PER_ROUND:
+            next_at = now  # more are due: go again at once
+        return fired, next_at
+
+    async def _fire_timers_forever(self) -> None:
+        interval = self._settings.timer_interval.total_seconds()
+        while True:
+            self._timers_changed.clear()
+            try:
+                fired, next_at = await self.fire_timers()
+            except Exception:
+                log.exception("firing timers failed; retrying in %s", self._settings.timer_interval)
+                fired, next_at = 0, None
+            delay = interval
+            if next_at is not None:
+                delay = min(interval, max((next_at - self._clock()).total_seconds(), 0.0))
+            if fired == 0 and delay <= 0:
+                delay = 0.05  # due timers whose runs are busy: let their transactions finish
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timers_changed.wait(), timeout=delay)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -511,9 +610,16 @@ class Scheduler:
         except Exception:
             log.warning("could not publish %d lifecycle events", len(announced.messages), exc_info=True)
 
-    async def _announce_ended(self) -> None:
-        async with self._ended:
-            self._ended.notify_all()
+    async def _after_commit(self, announced: SystemEvents) -> None:
+        """Tell everyone what a committed transaction did: subscribers, waiters, dispatchers, timers."""
+        await self._publish(announced)
+        for run_id in announced.ended:
+            for woken in self._run_waiters.get(run_id, ()):
+                woken.set()
+        if announced.due:
+            self._notices.work_available()
+        if announced.earliest_timer is not None:
+            self._timers_changed.set()
 
 
 def _holds(run: Any, lease: runs_pb2.JobLease) -> bool:
@@ -538,21 +644,12 @@ def _job(row: Any, memo_rows: list[Any], *, token: str, expires_at: datetime) ->
         lease_token=token,
         execution_sequence=row.execution_sequence + 1,
         parent_run_id=row.parent_run_id or "",
+        last_attempt=_last_attempt(row),
     )
     job.lease_expires_at.CopyFrom(to_timestamp(expires_at))
     return job
 
 
-def _result(row: Any) -> runs_pb2.RunResult:
-    run = run_to_proto(row)
-    return runs_pb2.RunResult(
-        run_id=run.id, function_id=run.function_id, status=run.status, output=run.output, error=run.error
-    )
-
-
-def _parse_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created_at, run_id = cursor.split("|", 1)
-        return datetime.fromisoformat(created_at), run_id
-    except ValueError:
-        raise invalid_argument("cursor", "is not a cursor returned by a previous page") from None
+def _last_attempt(row: Any) -> bool:
+    options = RunOptions.from_json(row.options)
+    return options.exhausted(max(row.attempt, 1)) and options.on_exhausted != "pause"

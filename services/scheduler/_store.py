@@ -90,9 +90,12 @@ def fenced_off(now: datetime) -> dict[str, Any]:
     }
 
 
-async def lock_run(conn: AsyncConnection, run_id: str, *, dialect: str) -> sa.Row[Any] | None:
+async def lock_run(
+    conn: AsyncConnection, run_id: str, *, dialect: str, skip_locked: bool = False
+) -> sa.Row[Any] | None:
+    """The run row, locked for this transaction (None if missing, or busy and `skip_locked`)."""
     query = sa.select(runs).where(runs.c.id == run_id)
-    row: sa.Row[Any] | None = (await conn.execute(_locking(query, dialect))).first()
+    row: sa.Row[Any] | None = (await conn.execute(_locking(query, dialect, skip_locked=skip_locked))).first()
     return row
 
 

@@ -25,11 +25,20 @@ _TOKEN_ESCAPES = {".": "~", "/": "|", " ": "_", "*": "_", ">": "_", "\t": "_", "
 
 @dataclass
 class SystemEvents:
-    """Collects lifecycle events inside a transaction; they are published after it commits."""
+    """Collects what a transaction did that others must hear about once it commits: lifecycle
+    events for the firehose, runs that ended (waiters), runs that became due (dispatchers) and the
+    earliest new timer (the timer loop)."""
 
     ids: IdSource
     now: datetime
     messages: list[FirehoseMessage] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)
+    due: bool = False
+    earliest_timer: datetime | None = None
+
+    def timer_at(self, when: datetime) -> None:
+        if self.earliest_timer is None or when < self.earliest_timer:
+            self.earliest_timer = when
 
     def run(self, run_id: str, what: str, data: dict[str, Any]) -> None:
         self._add(f"system.run.{run_id}.{what}", {"run_id": run_id, **data})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from connectrpc.server import ConnectASGIApplication
@@ -49,6 +50,7 @@ from ironflow.v1.events_connect import EventServiceASGIApplication
 from ironflow.v1.functions_connect import RegistryServiceASGIApplication
 from ironflow.v1.functions_pb2 import FUNCTION_STATUS_ACTIVE, Function, FunctionDefinition
 from ironflow.v1.runs_connect import SchedulerServiceASGIApplication
+from ironflow.v1.runs_pb2 import RunResult
 from ironflow.v1.subscriptions_connect import SubscriptionServiceASGIApplication
 from ironflow.v1.workers_connect import WorkerServiceASGIApplication
 
@@ -94,23 +96,35 @@ class EmbeddedServer:
         registry = Registry(db=db, stream=stream, firehose=firehose)
         catalog = FunctionCatalog(_active_functions(registry))
         registry.on_change(catalog.invalidate)
+        ingest_ref: list[Ingest] = []
+
+        async def trigger_watermark() -> datetime | None:
+            return await ingest_ref[0].trigger_watermark() if ingest_ref else None
+
         self._scheduler = scheduler = Scheduler(
             db=db,
             stream=stream,
             catalog=catalog,
             notices=notices,
             settings=SchedulerSettings(firehose=firehose),
+            event_watermark=trigger_watermark,
         )
 
         async def trigger(event: StoredEvent) -> list[str]:
             return await scheduler.trigger(event_to_proto(event))
 
+        async def wait_for_runs(run_ids: list[str], within: timedelta) -> list[RunResult]:
+            results, _ = await scheduler.wait_for_runs(run_ids, within)
+            return results
+
         self._ingest = ingest = Ingest(
             db=db,
             stream=stream,
             trigger=trigger,
+            wait_for_runs=wait_for_runs,
             settings=IngestSettings(max_payload_bytes=settings.max_payload_bytes, firehose=firehose),
         )
+        ingest_ref.append(ingest)
 
         async def register_functions(definitions: Sequence[FunctionDefinition], takeover: bool) -> None:
             await registry.register(list(definitions), takeover=takeover)

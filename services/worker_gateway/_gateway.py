@@ -458,6 +458,21 @@ def check_report(report: runs_pb2.JobReport, *, field: str) -> None:
                 f"{field}.checkpoints[{index}].status", "must be RUNNING, COMPLETED or FAILED"
             )
     if report.WhichOneof("outcome") == "yielded":
-        raise ServiceError(
-            ErrorCode.UNIMPLEMENTED, "yielding steps (sleep, wait_for_event, invoke) are not available yet"
-        )
+        if not report.yielded.yields:
+            raise invalid_argument(f"{field}.yielded.yields", "needs at least one yielded step")
+        for index, step_yield in enumerate(report.yielded.yields):
+            _check_yield(step_yield, field=f"{field}.yielded.yields[{index}]")
+
+
+def _check_yield(step_yield: runs_pb2.StepYield, *, field: str) -> None:
+    if not step_yield.step_id:
+        raise invalid_argument(f"{field}.step_id", "is required")
+    kind = step_yield.WhichOneof("kind")
+    if kind is None:
+        raise invalid_argument(f"{field}.kind", "one of sleep, wait_for_event or invoke is required")
+    if kind == "sleep" and not step_yield.sleep.HasField("wake_at"):
+        raise invalid_argument(f"{field}.sleep.wake_at", "is required")
+    if kind == "wait_for_event" and not step_yield.wait_for_event.event:
+        raise invalid_argument(f"{field}.wait_for_event.event", "is required")
+    if kind == "invoke" and not step_yield.invoke.function_id:
+        raise invalid_argument(f"{field}.invoke.function_id", "is required")

@@ -96,6 +96,7 @@ class Run(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
     CHILD_RUN_IDS_FIELD_NUMBER: _builtins.int
+    PARENT_STEP_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     function_id: _builtins.str
     function_version: _builtins.int
@@ -104,6 +105,8 @@ class Run(_message.Message):
     status: Global___RunStatus.ValueType
     attempt: _builtins.int
     parent_run_id: _builtins.str
+    parent_step_id: _builtins.str
+    """The parent's step that started this run (with parent_run_id)."""
     @_builtins.property
     def output(self) -> _struct_pb2.Value: ...
     @_builtins.property
@@ -134,10 +137,11 @@ class Run(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         ended_at: _timestamp_pb2.Timestamp | None = ...,
         child_run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        parent_step_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "error", b"error", "output", b"output", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "child_run_ids", b"child_run_ids", "created_at", b"created_at", "ended_at", b"ended_at", "error", b"error", "event_id", b"event_id", "function_id", b"function_id", "function_version", b"function_version", "id", b"id", "output", b"output", "parent_run_id", b"parent_run_id", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "child_run_ids", b"child_run_ids", "created_at", b"created_at", "ended_at", b"ended_at", "error", b"error", "event_id", b"event_id", "function_id", b"function_id", "function_version", b"function_version", "id", b"id", "output", b"output", "parent_run_id", b"parent_run_id", "parent_step_id", b"parent_step_id", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -203,9 +207,12 @@ class RunResult(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     function_id: _builtins.str
     status: Global___RunStatus.ValueType
+    timed_out: _builtins.bool
+    """True when the wait ended before the run did (status is then the run's status at that moment)."""
     @_builtins.property
     def output(self) -> _struct_pb2.Value: ...
     @_builtins.property
@@ -218,10 +225,11 @@ class RunResult(_message.Message):
         status: Global___RunStatus.ValueType = ...,
         output: _struct_pb2.Value | None = ...,
         error: _common_pb2.ErrorInfo | None = ...,
+        timed_out: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "function_id", b"function_id", "output", b"output", "run_id", b"run_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "function_id", b"function_id", "output", b"output", "run_id", b"run_id", "status", b"status", "timed_out", b"timed_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -647,6 +655,7 @@ class Job(_message.Message):
     EXECUTION_SEQUENCE_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
+    LAST_ATTEMPT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     function_id: _builtins.str
     function_version: _builtins.int
@@ -655,6 +664,10 @@ class Job(_message.Message):
     """Fencing: every report must carry both; stale ones are rejected."""
     execution_sequence: _builtins.int
     parent_run_id: _builtins.str
+    last_attempt: _builtins.bool
+    """A handler error raised in this execution ends the run for good (the retry policy is spent), so
+    registered compensations run before the failure is reported.
+    """
     @_builtins.property
     def event(self) -> _common_pb2.Event: ...
     @_builtins.property
@@ -679,10 +692,11 @@ class Job(_message.Message):
         execution_sequence: _builtins.int = ...,
         lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
         parent_run_id: _builtins.str = ...,
+        last_attempt: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "lease_expires_at", b"lease_expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "event", b"event", "events", b"events", "execution_sequence", b"execution_sequence", "function_id", b"function_id", "function_version", b"function_version", "lease_expires_at", b"lease_expires_at", "lease_token", b"lease_token", "parent_run_id", b"parent_run_id", "run_id", b"run_id", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "event", b"event", "events", b"events", "execution_sequence", b"execution_sequence", "function_id", b"function_id", "function_version", b"function_version", "last_attempt", b"last_attempt", "lease_expires_at", b"lease_expires_at", "lease_token", b"lease_token", "parent_run_id", b"parent_run_id", "run_id", b"run_id", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from ._database import Database
-from ._tables import events, metadata, runs, schema_versions
+from ._tables import events, metadata, runs, schema_versions, waits
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,23 @@ def _add_run_options_and_trigger_sweep(conn: sa.Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _reshape_waits(conn: sa.Connection) -> None:
+    # Versions 1 and 2 declared a waits table that nothing ever wrote to: replace it outright.
+    inspector = sa.inspect(conn)
+    if inspector.has_table(waits.name, schema=waits.schema):
+        columns = {column["name"] for column in inspector.get_columns(waits.name, schema=waits.schema)}
+        if "kind" in columns:
+            return  # created by migration 1 after the reshape landed
+        waits.drop(conn)
+    waits.create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, functions, function versions, runs, steps, waits", _create_initial_tables),
     Migration(
         2, "run options and timeout deadline; index of untriggered events", _add_run_options_and_trigger_sweep
     ),
+    Migration(3, "waits for timers, events and child runs, indexed by match key", _reshape_waits),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

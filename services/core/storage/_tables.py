@@ -144,30 +144,45 @@ steps = sa.Table(
     sa.Column("ended_at", UTCDateTime, nullable=True),
 )
 
-# scheduler: open wait_for_event waits, indexed by the event name they wait for, so each stored
-# event is checked only against the waits for its own name.
+# scheduler: what suspended runs wait for, one row per yielded step: a timer (`sleep`), an event
+# (`event`, indexed by name and by the equality key of its `match`, so each stored event is checked
+# only against the waits that could match it), or a child run (`invoke`). `timeout_at` is the timer:
+# the wake time of a sleep, the deadline of an event wait or an invoke. Reshaped by migration 3.
 waits = sa.Table(
     "waits",
     metadata,
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("step_id", sa.String(512), nullable=False),
-    sa.Column("event_name", sa.String(256), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("event_name", sa.String(256), nullable=True),
     sa.Column("match", sa.Text, nullable=True),
+    # `async.<match_path> == <match_value>` holds for every event the match accepts (None: no such key).
+    sa.Column("match_path", sa.String(512), nullable=True),
+    sa.Column("match_value", sa.String(512), nullable=True),
+    sa.Column("child_run_id", sa.String(64), nullable=True),
     sa.Column("timeout_at", UTCDateTime, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("resolved_at", UTCDateTime, nullable=True),
     sa.Column("resolved_event_id", sa.String(64), nullable=True),
     sa.UniqueConstraint("run_id", "step_id", name="ux_waits_run_step"),
     sa.Index(
-        "ix_waits_open_by_name",
+        "ix_waits_open_by_key",
         "event_name",
+        "match_path",
+        "match_value",
         sqlite_where=sa.text("resolved_at IS NULL"),
         postgresql_where=sa.text("resolved_at IS NULL"),
     ),
     sa.Index(
         "ix_waits_open_by_timeout",
         "timeout_at",
+        sqlite_where=sa.text("resolved_at IS NULL"),
+        postgresql_where=sa.text("resolved_at IS NULL"),
+    ),
+    sa.Index(
+        "ix_waits_open_by_child",
+        "child_run_id",
         sqlite_where=sa.text("resolved_at IS NULL"),
         postgresql_where=sa.text("resolved_at IS NULL"),
     ),

@@ -1,0 +1,98 @@
+"""Creating runs: for a stored event (triggers) or for a direct invocation (`Invoke`, `step.invoke`).
+
+An invoked run has no stored event; it gets a synthetic one, `ironflow.function.invoked` with the
+invoker's data, kept with the run like any trigger event. Its id is derived from what makes the
+invocation unique (the parent's run and step, or the caller's idempotency key), and runs are unique
+per (event, function), so a replayed invocation finds the run it already started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ironflow.services.core.ids import IdSource
+
+from ._catalog import CompiledFunction
+from ._store import insert_run
+from ._system_events import SystemEvents
+
+INVOKED_EVENT_NAME = "ironflow.function.invoked"
+
+
+def invoked_event(
+    fallback_id: str,
+    *,
+    function_id: str,
+    data: dict[str, Any],
+    now: datetime,
+    parent: tuple[str, str] | None = None,
+    idempotency_key: str = "",
+) -> dict[str, Any]:
+    """The synthetic trigger event of an invoked run (stored form, as `event_to_json` gives)."""
+    if parent is not None:
+        event_id = _derived_id(f"parent:{parent[0]}/{parent[1]}")
+    elif idempotency_key:
+        event_id = _derived_id(f"key:{function_id}:{idempotency_key}")
+    else:
+        event_id = fallback_id
+    metadata = {"function_id": function_id}
+    if parent is not None:
+        metadata |= {"parent_run_id": parent[0], "parent_step_id": parent[1]}
+    return {
+        "id": event_id,
+        "name": INVOKED_EVENT_NAME,
+        "data": data,
+        "metadata": metadata,
+        "timestamp": now.isoformat(),
+        "sequence": 0,
+    }
+
+
+def _derived_id(key: str) -> str:
+    return "evt_inv_" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+async def start_run(
+    conn: AsyncConnection,
+    function: CompiledFunction,
+    event: dict[str, Any],
+    *,
+    now: datetime,
+    ids: IdSource,
+    dialect: str,
+    events: SystemEvents,
+    parent_run_id: str | None = None,
+    parent_step_id: str | None = None,
+) -> str:
+    """Create the run of `function` for `event` unless it exists; returns its id."""
+    run_id, created = await insert_run(
+        conn,
+        {
+            "id": ids("run"),
+            "function_id": function.id,
+            "function_version": function.version,
+            "event_id": event["id"],
+            "status": "queued",
+            "attempt": 1,
+            "input": {"event": event},
+            "options": function.options.to_json(),
+            "parent_run_id": parent_run_id,
+            "parent_step_id": parent_step_id,
+            "available_at": now,
+            "execution_sequence": 0,
+            "created_at": now,
+            "updated_at": now,
+        },
+        dialect=dialect,
+    )
+    if created:
+        notice: dict[str, Any] = {"function_id": function.id, "event_id": event["id"], "status": "queued"}
+        if parent_run_id:
+            notice["parent_run_id"] = parent_run_id
+        events.run(run_id, "created", notice)
+        events.due = True
+    return run_id
