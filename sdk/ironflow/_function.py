@@ -107,6 +107,8 @@ class Function:
     timeout: float | None = None
     mode: str = "pull"
     name: str | None = None
+    # Events that cancel a running instance (`if_` sees `event`, the run's trigger, and `async`).
+    cancel_on: tuple[EventTrigger, ...] = ()
 
     def definition(self, *, endpoint_url: str | None = None) -> functions_pb2.FunctionDefinition:
         definition = functions_pb2.FunctionDefinition(
@@ -116,6 +118,7 @@ class Function:
             retry=self.retry.to_proto(),
             mode=_MODES[self.mode],
             endpoint_url=endpoint_url or "",
+            cancel_on=[trigger.to_proto().event for trigger in self.cancel_on],
         )
         if self.timeout is not None:
             definition.timeout.FromTimedelta(timedelta(seconds=self.timeout))
@@ -130,8 +133,13 @@ def function(
     timeout: Duration | None = None,
     mode: str = "pull",
     name: str | None = None,
+    cancel_on: Sequence[EventTrigger] = (),
 ) -> Callable[[Handler], Function]:
-    """Declare a durable function; decorates an `async def handler(ctx)`."""
+    """Declare a durable function; decorates an `async def handler(ctx)`.
+
+    `cancel_on=[ironflow.on_event("order.cancelled", if_="async.data.id == event.data.id")]` cancels a
+    running instance when a matching event arrives (`event` is the run's trigger, `async` the new one).
+    """
     if not isinstance(id, str) or not _FUNCTION_ID.fullmatch(id):
         raise ValueError(
             f"id: must be 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit; got {id!r}"
@@ -141,6 +149,9 @@ def function(
     for index, trigger in enumerate(triggers):
         if not isinstance(trigger, EventTrigger | CronTrigger):
             raise ValueError(f"triggers[{index}]: use ironflow.on_event(...) or ironflow.on_cron(...)")
+    for index, trigger in enumerate(cancel_on):
+        if not isinstance(trigger, EventTrigger):
+            raise ValueError(f"cancel_on[{index}]: use ironflow.on_event(...)")
     timeout_seconds = to_seconds(timeout, field="timeout") if timeout is not None else None
     if timeout_seconds == 0:
         raise ValueError("timeout: must be positive")
@@ -156,6 +167,7 @@ def function(
             timeout=timeout_seconds,
             mode=mode,
             name=name,
+            cancel_on=tuple(cancel_on),
         )
 
     return decorate

@@ -172,12 +172,10 @@ class Steps:
         step_id = self._next_id(name)
         if self._done(step_id):
             return
-        try:
-            seconds = to_seconds(duration, field="duration")
-        except ValueError as exc:
-            raise StepArgumentError(f"step.sleep({name!r}): {exc}") from None
-        wake_at = datetime.now(UTC) + timedelta(seconds=seconds)
-        raise YieldSignal([_sleep_yield(step_id, name, wake_at)])
+        step_yield = runs_pb2.StepYield(step_id=step_id, name=name)
+        # Relative: the scheduler adds it to its own clock, so this machine's clock skew does not matter.
+        step_yield.sleep.duration.FromTimedelta(_duration(duration, "duration", f"step.sleep({name!r})"))
+        raise YieldSignal([step_yield])
 
     async def sleep_until(self, name: str, when: datetime | str) -> None:
         """Suspend the run until `when` (an aware datetime or an ISO 8601 string with offset); a time
@@ -185,7 +183,9 @@ class Steps:
         step_id = self._next_id(name)
         if self._done(step_id):
             return
-        raise YieldSignal([_sleep_yield(step_id, name, _aware(when, name))])
+        step_yield = runs_pb2.StepYield(step_id=step_id, name=name)
+        step_yield.sleep.wake_at.FromDatetime(_aware(when, name))
+        raise YieldSignal([step_yield])
 
     async def wait_for_event(
         self,
@@ -207,9 +207,8 @@ class Steps:
             raise StepArgumentError(f"step.wait_for_event({name!r}): event must be an event name")
         if match is not None and not isinstance(match, str):
             raise StepArgumentError(f"step.wait_for_event({name!r}): match must be a CEL expression string")
-        timeout_at = _deadline(timeout, f"step.wait_for_event({name!r})")
         request = runs_pb2.YieldWaitForEvent(event=event, match=match or "")
-        request.timeout_at.FromDatetime(timeout_at)
+        request.timeout.FromTimedelta(_duration(timeout, "timeout", f"step.wait_for_event({name!r})"))
         raise YieldSignal([runs_pb2.StepYield(step_id=step_id, name=name, wait_for_event=request)])
 
     async def invoke(
@@ -230,7 +229,7 @@ class Steps:
         if memo is not None and memo.status == runs_pb2.STEP_STATUS_FAILED:
             raise _invoke_error(step_id, target, memo)
         request = _invoke_request(target, data, name or target)
-        request.timeout_at.FromDatetime(_deadline(timeout, f"step.invoke({target!r})"))
+        request.timeout.FromTimedelta(_duration(timeout, "timeout", f"step.invoke({target!r})"))
         raise YieldSignal([runs_pb2.StepYield(step_id=step_id, name=name or target, invoke=request)])
 
     async def invoke_async(
@@ -433,12 +432,6 @@ async def _published(publisher: Publisher, topic: str, data: dict[str, Any], key
     return {"event_id": result.event_id, "sequence": result.sequence}
 
 
-def _sleep_yield(step_id: str, name: str, wake_at: datetime) -> runs_pb2.StepYield:
-    step_yield = runs_pb2.StepYield(step_id=step_id, name=name)
-    step_yield.sleep.wake_at.FromDatetime(wake_at)
-    return step_yield
-
-
 def _aware(when: datetime | str, name: str) -> datetime:
     if isinstance(when, str):
         try:
@@ -454,12 +447,11 @@ def _aware(when: datetime | str, name: str) -> datetime:
     return when.astimezone(UTC)
 
 
-def _deadline(timeout: Duration, what: str) -> datetime:
+def _duration(value: Duration, field: str, what: str) -> timedelta:
     try:
-        seconds = to_seconds(timeout, field="timeout")
+        return timedelta(seconds=to_seconds(value, field=field))
     except ValueError as exc:
         raise StepArgumentError(f"{what}: {exc}") from None
-    return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
 def _function_id(function: Any) -> str:

@@ -46,8 +46,18 @@ REFERENCE_VARIABLE = "event"
 # Nodes that, with a single child, mean just that child: precedence levels, a member or primary with one
 # form, and parentheses. Not `list_lit` (`[x]` is not `x`), nor `exprlist`, `ident_arg`, ... .
 _TRANSPARENT = frozenset(
-    {"expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication", "unary", "member"}
-    | {"primary", "paren_expr"}
+    {
+        "expr",
+        "conditionalor",
+        "conditionaland",
+        "relation",
+        "addition",
+        "multiplication",
+        "unary",
+        "member",
+        "primary",
+        "paren_expr",
+    }
 )
 _STRING_TOKENS = frozenset({"STRING_LIT", "MLSTRING_LIT"})
 _FIELD = "match"  # only named in errors that equality_key catches
@@ -78,7 +88,7 @@ def equality_key(text: str, *, candidate: str = "async") -> EqualityKey | None:
             key = _conjunct_key(conjunct, candidate, allowed)
             if key is not None:
                 return key
-    # Deeply nested expressions can exhaust the stack in lark's recursive tree comparison; no key is
+    # Deeply nested parts can exhaust the stack when printed or compared (both recursive); no key is
     # always a safe answer.
     except (CELParseError, RecursionError):
         return None
@@ -132,6 +142,7 @@ def key_text(value: Any) -> str | None:  # noqa: PLR0911 -- one return per kind 
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
             return None  # `cel._to_cel` rejects it, so no expression sees it
+        # As a plain datetime, as `cel._to_python` gives a timestamp, then by instant.
         instant = datetime.datetime.combine(value.date(), value.timetz()).astimezone(datetime.UTC)
         return f'timestamp("{instant.isoformat()}")'
     return None

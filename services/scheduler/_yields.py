@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from google.protobuf import timestamp_pb2
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ironflow.services.core.cel_keys import key_text
@@ -92,9 +93,9 @@ async def _register(
     common = {"name": name, "attempt": 1, "error": None, "started_at": now, "ended_at": None}
     wait = {"id": ctx.ids("wait"), "run_id": run.id, "step_id": step_yield.step_id, "created_at": now}
     if kind == "sleep":
-        if not step_yield.sleep.HasField("wake_at"):
-            raise invalid_argument(f"{field}.sleep.wake_at", "is required")
-        wake_at = step_yield.sleep.wake_at.ToDatetime(tzinfo=UTC)
+        wake_at = _when(step_yield.sleep, "wake_at", "duration", now)
+        if wake_at is None:
+            raise invalid_argument(f"{field}.sleep", "wake_at or duration is required")
         await insert_wait(conn, {**wait, "kind": "sleep", "timeout_at": wake_at})
         await save_step(
             conn, run.id, step_yield.step_id, kind="sleep", status="sleeping", output=None, **common
@@ -128,7 +129,7 @@ async def _register(
                 text = None
             if text is not None:
                 path, value = ".".join(matcher.key.path), indexed_value(text)
-        timeout_at = request.timeout_at.ToDatetime(tzinfo=UTC) if request.HasField("timeout_at") else None
+        timeout_at = _when(request, "timeout_at", "timeout", now)
         await insert_wait(
             conn,
             {
@@ -199,7 +200,7 @@ async def _invoke(
         )
         ctx.events.step(run.id, step_yield.step_id, "completed", {"name": name, "output": handle})
         return None
-    timeout_at = request.timeout_at.ToDatetime(tzinfo=UTC) if request.HasField("timeout_at") else None
+    timeout_at = _when(request, "timeout_at", "timeout", ctx.now)
     await insert_wait(
         conn,
         {
@@ -221,6 +222,16 @@ async def _invoke(
         ctx.events.timer_at(timeout_at)
     ctx.events.step(run.id, step_yield.step_id, "waiting", notice)
     return "invoke"
+
+
+def _when(message: Any, absolute: str, relative: str, now: datetime) -> datetime | None:
+    """A yield's time: `relative` (a Duration) on the scheduler's clock, else `absolute` as given."""
+    if message.HasField(relative):
+        return now + max(getattr(message, relative).ToTimedelta(), timedelta(0))
+    if message.HasField(absolute):
+        stamp: timestamp_pb2.Timestamp = getattr(message, absolute)
+        return stamp.ToDatetime(tzinfo=UTC)
+    return None
 
 
 async def _fail_at_once(

@@ -470,8 +470,10 @@ def _check_yield(step_yield: runs_pb2.StepYield, *, field: str) -> None:
     kind = step_yield.WhichOneof("kind")
     if kind is None:
         raise invalid_argument(f"{field}.kind", "one of sleep, wait_for_event or invoke is required")
-    if kind == "sleep" and not step_yield.sleep.HasField("wake_at"):
-        raise invalid_argument(f"{field}.sleep.wake_at", "is required")
+    if kind == "sleep" and not (
+        step_yield.sleep.HasField("wake_at") or step_yield.sleep.HasField("duration")
+    ):
+        raise invalid_argument(f"{field}.sleep", "wake_at or duration is required")
     if kind == "wait_for_event" and not step_yield.wait_for_event.event:
         raise invalid_argument(f"{field}.wait_for_event.event", "is required")
     if kind == "invoke" and not step_yield.invoke.function_id:

@@ -7,56 +7,25 @@ completed runs twice" is checked on what actually happened, not on what the serv
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import pytest
 
 import ironflow
 from tests.conftest import unique_name
 from tests.integration.conftest import LiveServer
+from tests.integration.processes import (
+    executions,
+    function_registered,
+    kill,
+    start_server,
+    start_worker,
+    step_statuses,
+)
 from tests.integration.workers import lifecycle, system_events, wait_for_run
 from tests.support import eventually, free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-async def _start_worker(
-    url: str, transport: str, function_id: str, event: str, tmp: Path
-) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.integration.crash_worker",
-        url,
-        transport,
-        function_id,
-        event,
-        str(tmp / "side-effects.log"),
-        str(tmp / "gate"),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-
-
-async def _kill(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.kill()
-        await process.wait()
-
-
-def _executions(tmp: Path) -> Counter[str]:
-    log = tmp / "side-effects.log"
-    return Counter(log.read_text().split()) if log.exists() else Counter()
-
-
-async def _step_statuses(client: ironflow.Client, run_id: str) -> dict[str, str]:
-    return {step.id: step.status for step in await client.get_run_steps(run_id)}
 
 
 @pytest.mark.parametrize("transport", ["stream", "poll"])
@@ -69,66 +38,34 @@ async def test_a_killed_worker_is_replaced_and_completed_steps_do_not_run_again(
     the run completes once."""
     function_id, event = unique_name("five"), unique_name("five")
     async with ironflow.Client(live_server.url) as client:
-        first = await _start_worker(live_server.url, transport, function_id, event, tmp_path)
+        first = await start_worker(live_server.url, transport, function_id, event, tmp_path)
         second: asyncio.subprocess.Process | None = None
         try:
             await eventually(
-                lambda: _function_registered(client, function_id), within=30, what="worker A to register"
+                lambda: function_registered(client, function_id), within=30, what="worker A to register"
             )
             run_id = (await client.emit(event, {})).run_ids[0]
 
             async def inside_step_three() -> bool:
-                steps = await _step_statuses(client, run_id)
+                steps = await step_statuses(client, run_id)
                 return steps.get("step2") == "completed" and steps.get("step3") == "running"
 
             await eventually(inside_step_three, within=30, what="worker A to reach step 3")
-            await _kill(first)
+            await kill(first)
             (tmp_path / "gate").touch()
-            second = await _start_worker(live_server.url, transport, function_id, event, tmp_path)
+            second = await start_worker(live_server.url, transport, function_id, event, tmp_path)
             run = await wait_for_run(client, run_id, within=60)
         finally:
-            await _kill(first)
+            await kill(first)
             if second is not None:
-                await _kill(second)
+                await kill(second)
 
         assert run.status == "completed", run.error
         assert run.output == ["step1", "step2", "step3", "step4", "step5"]
-        assert _executions(tmp_path) == Counter({f"step{n}": 1 for n in range(1, 6)})
+        assert executions(tmp_path) == Counter({f"step{n}": 1 for n in range(1, 6)})
         steps = await client.get_run_steps(run_id)
         assert [(s.id, s.status) for s in steps] == [(f"step{n}", "completed") for n in range(1, 6)]
     assert lifecycle(await system_events(live_server, run_id), run_id).count("completed") == 1
-
-
-async def _function_registered(client: ironflow.Client, function_id: str) -> bool:
-    return any(function.id == function_id for function in await client.list_functions())
-
-
-async def _start_server(tmp: Path, port: int) -> asyncio.subprocess.Process:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IRONFLOW_")}
-    env.update({"IRONFLOW_LEASE_DURATION": "2s", "IRONFLOW_HEARTBEAT_INTERVAL": "500ms"})
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ironflow.services.server",
-        "serve",
-        "--port",
-        str(port),
-        "--database-url",
-        f"sqlite+aiosqlite:///{tmp / 'ironflow.db'}",
-        cwd=tmp,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-
-    async def ready() -> bool:
-        if process.returncode is not None:
-            raise AssertionError(f"server exited early with {process.returncode}")
-        async with httpx.AsyncClient() as http:
-            return (await http.get(f"http://127.0.0.1:{port}/ready")).status_code == 200
-
-    await eventually(ready, within=30, what="ironflow serve to become ready")
-    return process
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
@@ -139,28 +76,28 @@ async def test_restarting_serve_mid_run_loses_nothing(tmp_path: Path, sig: signa
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     function_id, event = unique_name("five"), unique_name("five")
-    server = await _start_server(tmp_path, port)
-    worker = await _start_worker(url, "stream", function_id, event, tmp_path)
+    server = await start_server(tmp_path, port)
+    worker = await start_worker(url, "stream", function_id, event, tmp_path)
     try:
         async with ironflow.Client(url) as client:
             await eventually(
-                lambda: _function_registered(client, function_id), within=30, what="the worker to register"
+                lambda: function_registered(client, function_id), within=30, what="the worker to register"
             )
             run_id = (await client.emit(event, {})).run_ids[0]
 
             async def inside_step_three() -> bool:
-                return (await _step_statuses(client, run_id)).get("step3") == "running"
+                return (await step_statuses(client, run_id)).get("step3") == "running"
 
             await eventually(inside_step_three, within=30, what="the worker to reach step 3")
         server.send_signal(sig)
         await asyncio.wait_for(server.wait(), timeout=30)
-        server = await _start_server(tmp_path, port)
+        server = await start_server(tmp_path, port)
         (tmp_path / "gate").touch()
         async with ironflow.Client(url) as client:
             run = await wait_for_run(client, run_id, within=60)
             steps = await client.get_run_steps(run_id)
     finally:
-        await _kill(worker)
+        await kill(worker)
         if server.returncode is None:
             server.send_signal(signal.SIGTERM)
             await asyncio.wait_for(server.wait(), timeout=30)
@@ -168,7 +105,7 @@ async def test_restarting_serve_mid_run_loses_nothing(tmp_path: Path, sig: signa
     assert run.status == "completed", run.error
     assert run.output == ["step1", "step2", "step3", "step4", "step5"]
     assert [(s.id, s.status) for s in steps] == [(f"step{n}", "completed") for n in range(1, 6)]
-    assert _executions(tmp_path) == Counter({f"step{n}": 1 for n in range(1, 6)})
+    assert executions(tmp_path) == Counter({f"step{n}": 1 for n in range(1, 6)})
 
 
 @pytest.mark.parametrize("transport", ["stream", "poll"])
@@ -179,15 +116,15 @@ async def test_sigterm_drains_the_job_in_flight_before_the_worker_exits(
     and exits cleanly; nothing is handed to another worker and nothing runs twice."""
     function_id, event = unique_name("five"), unique_name("five")
     async with ironflow.Client(live_server.url) as client:
-        worker = await _start_worker(live_server.url, transport, function_id, event, tmp_path)
+        worker = await start_worker(live_server.url, transport, function_id, event, tmp_path)
         try:
             await eventually(
-                lambda: _function_registered(client, function_id), within=30, what="the worker to register"
+                lambda: function_registered(client, function_id), within=30, what="the worker to register"
             )
             run_id = (await client.emit(event, {})).run_ids[0]
 
             async def inside_step_three() -> bool:
-                return (await _step_statuses(client, run_id)).get("step3") == "running"
+                return (await step_statuses(client, run_id)).get("step3") == "running"
 
             await eventually(inside_step_three, within=30, what="the worker to reach step 3")
             worker.send_signal(signal.SIGTERM)
@@ -195,6 +132,6 @@ async def test_sigterm_drains_the_job_in_flight_before_the_worker_exits(
             assert await asyncio.wait_for(worker.wait(), timeout=30) == 0
             run = await client.get_run(run_id)
         finally:
-            await _kill(worker)
+            await kill(worker)
     assert run.status == "completed", run.error
-    assert _executions(tmp_path) == Counter({f"step{n}": 1 for n in range(1, 6)})
+    assert executions(tmp_path) == Counter({f"step{n}": 1 for n in range(1, 6)})

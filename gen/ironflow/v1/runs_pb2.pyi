@@ -745,21 +745,28 @@ Global___StepCheckpoint: _TypeAlias = StepCheckpoint  # noqa: Y015
 
 @_typing.final
 class YieldSleep(_message.Message):
-    """The run suspends until a timer, an event or a child run resumes it."""
+    """The run suspends until a timer, an event or a child run resumes it.
+    Relative times (`duration`, `timeout`) are added to the scheduler's clock when the yield is recorded,
+    so a worker's clock skew does not shift them; absolute ones are used as given. Set one of the two.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     WAKE_AT_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def wake_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration: ...
     def __init__(
         self,
         *,
         wake_at: _timestamp_pb2.Timestamp | None = ...,
+        duration: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["wake_at", b"wake_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "wake_at", b"wake_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["wake_at", b"wake_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "wake_at", b"wake_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -772,20 +779,24 @@ class YieldWaitForEvent(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     MATCH_FIELD_NUMBER: _builtins.int
     TIMEOUT_AT_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
     event: _builtins.str
     match: _builtins.str
     @_builtins.property
     def timeout_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration: ...
     def __init__(
         self,
         *,
         event: _builtins.str = ...,
         match: _builtins.str = ...,
         timeout_at: _timestamp_pb2.Timestamp | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout_at", b"timeout_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout", "timeout_at", b"timeout_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "match", b"match", "timeout_at", b"timeout_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "match", b"match", "timeout", b"timeout", "timeout_at", b"timeout_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -799,6 +810,7 @@ class YieldInvoke(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     TIMEOUT_AT_FIELD_NUMBER: _builtins.int
     DETACHED_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
     function_id: _builtins.str
     detached: _builtins.bool
     """invoke_async: do not suspend, only start the child."""
@@ -806,6 +818,8 @@ class YieldInvoke(_message.Message):
     def data(self) -> _struct_pb2.Struct: ...
     @_builtins.property
     def timeout_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration: ...
     def __init__(
         self,
         *,
@@ -813,10 +827,11 @@ class YieldInvoke(_message.Message):
         data: _struct_pb2.Struct | None = ...,
         timeout_at: _timestamp_pb2.Timestamp | None = ...,
         detached: _builtins.bool = ...,
+        timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "timeout_at", b"timeout_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "timeout", b"timeout", "timeout_at", b"timeout_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "detached", b"detached", "function_id", b"function_id", "timeout_at", b"timeout_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "detached", b"detached", "function_id", b"function_id", "timeout", b"timeout", "timeout_at", b"timeout_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
