@@ -15,7 +15,19 @@ from ._client import Client
 from ._context import Context
 from ._errors import InvokeError, IronflowError, NonRetryableError, RetryAfterError, StepError
 from ._function import CronTrigger, EventTrigger, Function, Retry, function, on_cron, on_event
-from ._models import EmitResult, Event, EventPage, FunctionInfo, PublishResult, Run, RunError, RunPage, Step
+from ._models import (
+    EmitResult,
+    Event,
+    EventPage,
+    FunctionInfo,
+    PublishResult,
+    Run,
+    RunError,
+    RunPage,
+    RunResult,
+    Step,
+)
+from ._run_errors import RunCancelledError, RunFailedError
 from ._steps import InvokeHandle, Steps
 from ._sync import SyncClient
 from ._worker import Worker
@@ -38,8 +50,11 @@ __all__ = [
     "Retry",
     "RetryAfterError",
     "Run",
+    "RunCancelledError",
     "RunError",
+    "RunFailedError",
     "RunPage",
+    "RunResult",
     "Step",
     "StepError",
     "Steps",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -22,7 +23,9 @@ from ironflow.v1 import (
 )
 
 from ._convert import from_struct, from_timestamp, from_value, to_struct
+from ._durations import Duration, to_duration_proto, to_seconds
 from ._errors import IronflowError
+from ._function import Function
 from ._models import (
     EmitResult,
     Event,
@@ -32,11 +35,17 @@ from ._models import (
     Run,
     RunError,
     RunPage,
+    RunResult,
     Step,
 )
+from ._run_errors import RunCancelledError, RunFailedError
 
 DEFAULT_SERVER_URL = "http://localhost:9123"
 DEFAULT_TIMEOUT_SECONDS = 30.0
+# The longest the server waits for runs in one call (EmitSync, WaitForRuns); invoke waits in slices.
+MAX_WAIT_SECONDS = 300.0
+# Extra time the RPC deadline allows over a server-side wait, for the answer to arrive.
+_WAIT_DEADLINE_MARGIN = 10.0
 
 T = TypeVar("T")
 
@@ -139,6 +148,45 @@ class Client:
             sequence=response.sequence,
             duplicate=response.duplicate,
         )
+
+    async def emit_sync(
+        self,
+        name: str,
+        data: dict[str, Any] | None = None,
+        *,
+        timeout: Duration = "30s",  # noqa: ASYNC109 - the server's wait for the runs (API.md name)
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> list[RunResult]:
+        """Emit an event and wait until every run it started has ended or `timeout` [30s, at most 5m]
+        passed; one result per run (those still going have `timed_out=True`). [] if none started."""
+        _, results = await self._emit_sync(
+            name, data, timeout=timeout, idempotency_key=idempotency_key, metadata=metadata
+        )
+        return results
+
+    async def _emit_sync(
+        self,
+        name: str,
+        data: dict[str, Any] | None,
+        *,
+        timeout: Duration,  # noqa: ASYNC109 - the server's wait for the runs
+        idempotency_key: str | None,
+        metadata: dict[str, str] | None,
+    ) -> tuple[str, list[RunResult]]:
+        """emit_sync, also returning the event id (the CLI shows it)."""
+        wait = to_duration_proto(timeout, field="timeout")
+        request = events_pb2.EmitSyncRequest(
+            name=name,
+            data=_struct_argument(data),
+            idempotency_key=idempotency_key or "",
+            metadata=metadata or {},
+            timeout=wait,
+        )
+        response: events_pb2.EmitSyncResponse = await self._call(
+            self._events.EmitSync, request, deadline=self._wait_deadline(wait.ToTimedelta().total_seconds())
+        )
+        return response.event_id, [_run_result(r) for r in response.results]
 
     async def publish(
         self,
@@ -254,12 +302,77 @@ class Client:
         )
         return _run(response.run)
 
+    async def resume_run(self, run_id: str, from_step: str | None = None) -> Run:
+        """Re-queue a failed or paused run. Completed steps keep their outputs; with `from_step`, that
+        step and every step started after it run again. FAILED_PRECONDITION for any other status."""
+        request = runs_pb2.ResumeRunRequest(id=run_id, from_step=from_step or "")
+        response: runs_pb2.ResumeRunResponse = await self._call(self._scheduler.ResumeRun, request)
+        return _run(response.run)
+
+    async def invoke(
+        self,
+        function_id: str | Function,
+        data: dict[str, Any] | None = None,
+        *,
+        timeout: Duration = "30s",  # noqa: ASYNC109 - how long to wait for the run (API.md name)
+        idempotency_key: str | None = None,
+    ) -> Any:
+        """Start a run of a function (triggers or not) and wait up to `timeout` [30s] for its output.
+
+        Raises RunFailedError or RunCancelledError when the run did not complete, and IronflowError
+        with code DEADLINE_EXCEEDED when `timeout` passed first (the run keeps going). The same
+        `idempotency_key` returns the same run, so calling again waits on it again.
+        """
+        target = function_id.id if isinstance(function_id, Function) else function_id
+        wait = to_seconds(timeout, field="timeout")
+        request = runs_pb2.InvokeRequest(
+            function_id=target,
+            data=_struct_argument(data),
+            idempotency_key=idempotency_key or "",
+            timeout=to_duration_proto(wait, field="timeout"),
+        )
+        response: runs_pb2.InvokeResponse = await self._call(self._scheduler.Invoke, request)
+        result = await self._wait_for_run(response.run_id, wait)
+        if result.timed_out:
+            raise IronflowError(
+                "DEADLINE_EXCEEDED",
+                f"run {result.run_id} of {result.function_id or target} did not end within "
+                f"{wait:g}s (it is {result.status}); the run keeps going: check it with "
+                f"get_run({result.run_id!r})",
+            )
+        if result.status == "failed":
+            raise RunFailedError(result.run_id, result.function_id or target, result.error)
+        if result.status == "cancelled":
+            raise RunCancelledError(result.run_id, result.function_id or target, result.error)
+        return result.output
+
+    async def _wait_for_run(self, run_id: str, wait: float) -> RunResult:
+        """WaitForRuns on one run, in slices of at most the server's longest wait."""
+        deadline = time.monotonic() + wait
+        while True:
+            remaining = max(deadline - time.monotonic(), 0.0)
+            slice_seconds = min(remaining, MAX_WAIT_SECONDS)
+            request = runs_pb2.WaitForRunsRequest(
+                run_ids=[run_id], timeout=to_duration_proto(slice_seconds, field="timeout")
+            )
+            response: runs_pb2.WaitForRunsResponse = await self._call(
+                self._scheduler.WaitForRuns, request, deadline=self._wait_deadline(slice_seconds)
+            )
+            result = _run_result(response.results[0])
+            if not result.timed_out or remaining <= slice_seconds:
+                return result
+
     # -- plumbing -----------------------------------------------------------------------------
 
-    async def _call(self, method: Callable[..., Awaitable[T]], request: Any) -> T:
+    def _wait_deadline(self, wait_seconds: float) -> float:
+        return max(self._timeout, wait_seconds + _WAIT_DEADLINE_MARGIN)
+
+    async def _call(
+        self, method: Callable[..., Awaitable[T]], request: Any, *, deadline: float | None = None
+    ) -> T:
         metadata = (("authorization", f"Bearer {self._api_key}"),) if self._api_key else None
         try:
-            return await method(request, timeout=self._timeout, metadata=metadata)
+            return await method(request, timeout=deadline or self._timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise _error(exc, self.server_url) from None
 
@@ -333,6 +446,20 @@ def _run(message: runs_pb2.Run) -> Run:
         created_at=from_timestamp(message.created_at),
         started_at=from_timestamp(message.started_at),
         ended_at=from_timestamp(message.ended_at),
+        parent_step_id=message.parent_step_id or None,
+        child_run_ids=list(message.child_run_ids),
+    )
+
+
+def _run_result(message: runs_pb2.RunResult) -> RunResult:
+    return RunResult(
+        run_id=message.run_id,
+        function_id=message.function_id,
+        status=_RUN_STATUS_NAMES.get(message.status, "unknown"),
+        output=from_value(message.output) if message.HasField("output") else None,
+        # An empty ErrorInfo (no code) means no error, whether or not the field is set.
+        error=_run_error(message.error) if message.error.code else None,
+        timed_out=message.timed_out,
     )
 
 

@@ -85,6 +85,25 @@ class Run:
     created_at: datetime | None
     started_at: datetime | None
     ended_at: datetime | None
+    # The parent's step that started this run (with parent_run_id).
+    parent_step_id: str | None = None
+    # Runs this one started with invoke (filled by get_run; empty in list_runs pages).
+    child_run_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of one run, as `emit_sync` returns it."""
+
+    run_id: str
+    function_id: str
+    # The run's status (as Run.status); one that has not ended when the wait ended has timed_out=True.
+    status: str
+    # What the handler returned (plain JSON); None unless the run completed.
+    output: Any
+    error: RunError | None
+    # True when the wait ended before the run did; the run keeps going.
+    timed_out: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,19 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._client import DEFAULT_TIMEOUT_SECONDS, Client
-from ._models import EmitResult, Event, EventPage, FunctionInfo, PublishResult, Run, RunPage, Step
+from ._durations import Duration
+from ._function import Function
+from ._models import (
+    EmitResult,
+    Event,
+    EventPage,
+    FunctionInfo,
+    PublishResult,
+    Run,
+    RunPage,
+    RunResult,
+    Step,
+)
 
 T = TypeVar("T")
 
@@ -63,6 +75,33 @@ class SyncClient:
         metadata: dict[str, str] | None = None,
     ) -> EmitResult:
         return self._run(self._client.emit(name, data, idempotency_key=idempotency_key, metadata=metadata))
+
+    def emit_sync(
+        self,
+        name: str,
+        data: dict[str, Any] | None = None,
+        *,
+        timeout: Duration = "30s",
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> list[RunResult]:
+        return self._run(
+            self._client.emit_sync(
+                name, data, timeout=timeout, idempotency_key=idempotency_key, metadata=metadata
+            )
+        )
+
+    def invoke(
+        self,
+        function_id: str | Function,
+        data: dict[str, Any] | None = None,
+        *,
+        timeout: Duration = "30s",
+        idempotency_key: str | None = None,
+    ) -> Any:
+        return self._run(
+            self._client.invoke(function_id, data, timeout=timeout, idempotency_key=idempotency_key)
+        )
 
     def publish(
         self,
@@ -118,6 +157,9 @@ class SyncClient:
 
     def cancel_run(self, run_id: str, reason: str | None = None) -> Run:
         return self._run(self._client.cancel_run(run_id, reason))
+
+    def resume_run(self, run_id: str, from_step: str | None = None) -> Run:
+        return self._run(self._client.resume_run(run_id, from_step))
 
 
 async def _make_client(server_url: str | None, api_key: str | None, call_timeout: float) -> Client:

@@ -23,8 +23,9 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from ._client import RUN_STATUSES, Client
+from ._durations import to_seconds
 from ._errors import IronflowError
-from ._models import Run, RunError, Step
+from ._models import Run, RunError, RunResult, Step
 
 T = TypeVar("T")
 
@@ -117,7 +118,7 @@ def build_app() -> typer.Typer:
     functions_app = typer.Typer(help="Registered functions.", no_args_is_help=True)
     app.add_typer(events_app, name="events")
     app.add_typer(functions_app, name="functions")
-    runs_app = typer.Typer(help="Runs of functions: inspect and cancel.", no_args_is_help=True)
+    runs_app = typer.Typer(help="Runs of functions: inspect, cancel and resume.", no_args_is_help=True)
     app.add_typer(runs_app, name="runs")
 
     @app.callback()
@@ -126,17 +127,45 @@ def build_app() -> typer.Typer:
     ) -> None:
         ctx.obj = Options(server_url=server_url, api_key=api_key, json=json_)
 
-    @app.command()
+    @app.command(
+        help="Emit an event: store it and start every function it triggers.\n\n"
+        "With --wait, print each run's outcome once all have ended or --timeout passed. "
+        "Exit code 0 when every run completed; 1 when any failed, was cancelled or was still going "
+        "at the timeout (it keeps going)."
+    )
     def emit(
         ctx: typer.Context,
         name: Annotated[str, typer.Argument(help="Event name, for example order.placed.")],
         data: DataOption = None,
         data_file: DataFileOption = None,
         idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+        wait: Annotated[
+            bool, typer.Option("--wait", help="Wait until every run the event started has ended.")
+        ] = False,
+        timeout: Annotated[
+            str | None,
+            typer.Option("--timeout", help="With --wait: how long to wait, e.g. 30s, 2m [30s, at most 5m]."),
+        ] = None,
         json_: JsonFlag = False,
     ) -> None:
-        """Emit an event: store it and start every function it triggers."""
         payload = _parse_data(data, data_file)
+        if timeout is not None and not wait:
+            raise typer.BadParameter("only works with --wait", param_hint="'--timeout'")
+        if wait:
+            seconds = _parse_timeout(timeout)
+            event_id, results = _with_client(
+                ctx,
+                lambda c: c._emit_sync(
+                    name, payload, timeout=seconds, idempotency_key=idempotency_key, metadata=None
+                ),
+            )
+            if json_ or _options(ctx).json:
+                _print_json({"event_id": event_id, "results": results})
+            else:
+                _print_results(event_id, results)
+            if not all(r.status == "completed" and not r.timed_out for r in results):
+                raise typer.Exit(1)
+            return
         result = _with_client(ctx, lambda c: c.emit(name, payload, idempotency_key=idempotency_key))
         if json_ or _options(ctx).json:
             _print_json(result)
@@ -307,7 +336,64 @@ def build_app() -> typer.Typer:
         else:
             stdout.print(f"run {run.id} {run.status}", highlight=False)
 
+    @runs_app.command("resume")
+    def runs_resume(
+        ctx: typer.Context,
+        run_id: Annotated[str, typer.Argument()],
+        from_step: Annotated[
+            str | None,
+            typer.Option(
+                "--from-step", help="Run this step, and every step started after it, again (a step id)."
+            ),
+        ] = None,
+        json_: JsonFlag = False,
+    ) -> None:
+        """Re-queue a failed or paused run; steps that completed keep their outputs."""
+        run = _with_client(ctx, lambda c: c.resume_run(run_id, from_step))
+        if json_ or _options(ctx).json:
+            _print_json(run)
+        else:
+            _print_run(run)
+
     return app
+
+
+def _parse_timeout(timeout: str | None) -> float:
+    if timeout is None:
+        return 30.0
+    try:
+        return to_seconds(timeout, field="timeout")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("timeout: "), param_hint="'--timeout'") from None
+
+
+def _print_results(event_id: str, results: list[RunResult]) -> None:
+    stdout.print(f"event {event_id}", highlight=False)
+    if not results:
+        stdout.print("no function matched: no runs started", highlight=False)
+        return
+    table = Table(_id_column(), "function", "status", "output / error")
+    for result in results:
+        status = _status(result.status)
+        if result.timed_out:
+            status.append(" (timed out)", style="yellow")
+        table.add_row(Text(result.run_id), Text(result.function_id), status, _result_outcome(result))
+    _print_table(table)
+    unfinished = sum(1 for r in results if r.timed_out)
+    if unfinished:
+        stderr.print(
+            f"{unfinished} of {len(results)} runs had not ended when the wait timed out; they keep going",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _result_outcome(result: RunResult) -> Text:
+    if result.error is not None:
+        return Text(_short(_error_text(result.error), 50), style="red")
+    if result.status == "completed":
+        return Text(_short(json.dumps(result.output, ensure_ascii=False), 50))
+    return Text("")
 
 
 def _id_column() -> Column:
@@ -384,6 +470,10 @@ def _print_run(run: Run) -> None:
     ]
     if run.parent_run_id:
         rows.append(("parent run", run.parent_run_id))
+    if run.parent_step_id:
+        rows.append(("parent step", run.parent_step_id))
+    if run.child_run_ids:
+        rows.append(("child runs", ", ".join(run.child_run_ids)))
     rows += [
         ("created", _stamp(run.created_at) or "-"),
         ("started", _stamp(run.started_at) or "-"),

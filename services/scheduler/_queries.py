@@ -91,7 +91,7 @@ def run_result(row: Any, *, timed_out: bool = False) -> runs_pb2.RunResult:
         function_id=run.function_id,
         status=run.status,
         output=run.output,
-        error=run.error,
+        error=run.error if run.HasField("error") else None,
         timed_out=timed_out,
     )
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ironflow.services.core.cel_keys import key_text
@@ -227,7 +227,8 @@ async def _invoke(
 def _when(message: Any, absolute: str, relative: str, now: datetime) -> datetime | None:
     """A yield's time: `relative` (a Duration) on the scheduler's clock, else `absolute` as given."""
     if message.HasField(relative):
-        return now + max(getattr(message, relative).ToTimedelta(), timedelta(0))
+        duration: duration_pb2.Duration = getattr(message, relative)
+        return now + max(duration.ToTimedelta(), timedelta(0))
     if message.HasField(absolute):
         stamp: timestamp_pb2.Timestamp = getattr(message, absolute)
         return stamp.ToDatetime(tzinfo=UTC)
