@@ -23,14 +23,14 @@ from ._catalog import CompiledFunction
 from ._matchers import MatchCache, event_variables
 from ._store import ACTIVE_STATUSES, ENDED_STATUSES, lock_run
 from ._system_events import SystemEvents
-from ._waits import event_candidates, event_key_paths, indexed_value, resolve_wait
+from ._waits import any_open_event_wait, event_candidates, event_key_paths, indexed_value, resolve_wait
 from ._yields import finish_waited_step
 
 log = logging.getLogger("ironflow.scheduler")
 
 
 async def has_open_waits(conn: AsyncConnection, event_name: str) -> bool:
-    return bool(await event_key_paths(conn, event_name))
+    return await any_open_event_wait(conn, event_name)
 
 
 async def resume_waits(
@@ -53,12 +53,18 @@ async def resume_waits(
         text = key_text(value) if found else None
         if text is not None:
             waits += await event_candidates(conn, event["name"], path, indexed_value(text))
+    # One read of the candidates' runs (their trigger events feed `event` in the expression); only
+    # the runs whose wait matches are then locked and resumed.
+    by_id = await _runs_by_id(conn, {wait.run_id for wait in waits})
     resumed: list[str] = []
     for wait in sorted(waits, key=lambda row: row.created_at):
+        candidate_run = by_id.get(wait.run_id)
+        if candidate_run is None or candidate_run.status in ENDED_STATUSES:
+            continue
+        if wait.match and not _matches(matchers, wait.match, candidate_run, candidate):
+            continue
         run = await lock_run(conn, wait.run_id, dialect=dialect)
         if run is None or run.status in ENDED_STATUSES:
-            continue
-        if wait.match and not _matches(matchers, wait.match, run, candidate):
             continue
         if not await resolve_wait(conn, wait.id, now=now, event_id=event["id"]):
             continue
@@ -67,6 +73,17 @@ async def resume_waits(
         )
         resumed.append(run.id)
     return resumed
+
+
+async def _runs_by_id(conn: AsyncConnection, run_ids: set[str]) -> dict[str, sa.Row[Any]]:
+    found: dict[str, sa.Row[Any]] = {}
+    ids = sorted(run_ids)
+    for start in range(0, len(ids), 500):
+        query = sa.select(runs.c.id, runs.c.status, runs.c.input).where(
+            runs.c.id.in_(ids[start : start + 500])
+        )
+        found.update({row.id: row for row in await conn.execute(query)})
+    return found
 
 
 def _matches(matchers: MatchCache, text: str, run: sa.Row[Any], candidate: dict[str, Any]) -> bool:

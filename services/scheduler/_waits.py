@@ -93,6 +93,15 @@ async def next_timer_at(conn: AsyncConnection) -> datetime | None:
     return value
 
 
+async def any_open_event_wait(conn: AsyncConnection, event_name: str) -> bool:
+    query = (
+        sa.select(waits.c.id)
+        .where(waits.c.kind == "event", waits.c.event_name == event_name, waits.c.resolved_at.is_(None))
+        .limit(1)
+    )
+    return (await conn.execute(query)).first() is not None
+
+
 async def event_key_paths(conn: AsyncConnection, event_name: str) -> list[str | None]:
     """The distinct match-key paths among open waits for this event name (None: unkeyed waits)."""
     query = (
