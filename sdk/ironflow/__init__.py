@@ -28,7 +28,7 @@ from ._models import (
     Step,
 )
 from ._run_errors import RunCancelledError, RunFailedError
-from ._steps import InvokeHandle, Steps
+from ._steps import InvokeHandle, StepArgumentError, Steps
 from ._sync import SyncClient
 from ._worker import Worker
 
@@ -56,6 +56,7 @@ __all__ = [
     "RunPage",
     "RunResult",
     "Step",
+    "StepArgumentError",
     "StepError",
     "Steps",
     "SyncClient",

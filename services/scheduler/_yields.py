@@ -57,28 +57,35 @@ async def apply_yields(
     """Register what each yielded step waits for, then suspend the run (or requeue it when every
     yielded step has already been resolved)."""
     pending: set[str] = set()
+    # A yielded step that resolved after this job was leased: the handler can go further right now.
+    resolved_meanwhile = False
     for index, step_yield in enumerate(yields):
         field = f"yielded.yields[{index}]"
         if not step_yield.step_id:
             raise invalid_argument(f"{field}.step_id", "is required")
         step = await get_step(conn, run.id, step_yield.step_id)
         if step is not None and step.status in ("completed", "failed"):
-            continue  # resolved while the worker was replaying: the run goes on at once
+            resolved_meanwhile = True
+            continue
         wait = await get_wait(conn, run.id, step_yield.step_id)
         if wait is not None:
             if wait.resolved_at is None:
                 pending.add(wait.kind)
             continue
         kind = await _register(conn, run, step_yield, field, ctx)
-        if kind is not None:
+        if kind is None:
+            resolved_meanwhile = True
+        else:
             pending.add(kind)
-    if pending:
+    if pending and not resolved_meanwhile:
         status = "sleeping" if pending == {"sleep"} else "waiting"
         await update_run(
             conn, run.id, status=status, worker_id=None, available_at=None, **fenced_off(ctx.now)
         )
         ctx.events.run(run.id, status, {"function_id": run.function_id})
     else:
+        # Nothing left to wait for before the next execution (the pending waits stay registered and
+        # are yielded again, finding their rows).
         await update_run(conn, run.id, worker_id=None, available_at=ctx.now, **fenced_off(ctx.now))
         ctx.events.due = True
 
