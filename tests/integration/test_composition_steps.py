@@ -350,3 +350,38 @@ async def test_compensate_names_a_completed_step(live_server: LiveServer, client
         run = await wait_for_run(client, (await client.emit(event, {})).run_ids[0])
     assert run.status == "completed"
     assert "no completed step" in run.output
+
+
+async def test_a_paused_run_resumes_from_its_failed_step_keeping_the_earlier_ones(
+    live_server: LiveServer, client: ironflow.Client
+) -> None:
+    event = unique_name("pausing")
+    calls: list[str] = []
+    broken = {"charge": True}
+
+    def charge() -> str:
+        calls.append("charge")
+        if broken["charge"]:
+            raise RuntimeError("card service down")
+        return "charged"
+
+    @ironflow.function(
+        id=unique_name("pausing"),
+        triggers=[ironflow.on_event(event)],
+        retry=ironflow.Retry(max_attempts=1, on_exhausted="pause"),
+    )
+    async def pausing(ctx: ironflow.Context) -> list[str]:
+        reserved = await ctx.step.run("reserve", lambda: calls.append("reserve") or "reserved")
+        return [reserved, await ctx.step.run("charge", charge)]
+
+    async with running_worker(live_server, [pausing], transport="stream"):
+        run_id = (await client.emit(event, {})).run_ids[0]
+        paused = await wait_for_run(client, run_id, statuses=["paused"])
+        assert paused.status == "paused"
+        broken["charge"] = False
+        await client.resume_run(run_id)
+        run = await wait_for_run(client, run_id)
+
+    assert run.status == "completed", run.error
+    assert run.output == ["reserved", "charged"]
+    assert calls == ["reserve", "charge", "charge"]  # the completed step did not run again
