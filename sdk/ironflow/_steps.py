@@ -13,6 +13,7 @@ job replays the handler with the step's outcome memoized.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -369,13 +370,13 @@ class Steps:
             step_id = f"{parent_id}/{index}"
             scope = _Scope(prefix=f"{step_id}/")
             memo = self._memo.get(step_id)
-            if memo is None or memo.status not in (
+            replayed = memo is not None and memo.status in (
                 runs_pb2.STEP_STATUS_COMPLETED,
                 runs_pb2.STEP_STATUS_FAILED,
-            ):
-                async with limit:
-                    return await self._execute(step_id, f"{name}/{index}", kind, call, scope=scope)
-            return await self._execute(step_id, f"{name}/{index}", kind, call, scope=scope)
+            )
+            # Replayed branches run nothing, so they take no slot of the concurrency cap.
+            async with contextlib.nullcontext() if replayed else limit:
+                return await self._execute(step_id, f"{name}/{index}", kind, call, scope=scope)
 
         return await _gather_branches([branch(index, call) for index, call in enumerate(calls)], on_error)
 

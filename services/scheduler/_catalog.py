@@ -114,9 +114,6 @@ class FunctionCatalog:
                 return function
         return None
 
-    async def match(self, name: str, variables: dict[str, Any]) -> list[CompiledFunction]:
-        return [f for f in await self.functions() if f.matches(name, variables)]
-
     async def _refresh(self) -> None:
         started, generation = self._clock(), self._generation
         fresh: dict[str, CompiledFunction] = {}

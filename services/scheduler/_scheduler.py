@@ -66,7 +66,6 @@ log = logging.getLogger("ironflow.scheduler")
 
 MAX_JOBS_PER_LEASE = 500
 MAX_TIMERS_PER_ROUND = 500
-DEFAULT_INVOKE_TIMEOUT = timedelta(seconds=30)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,8 +141,10 @@ class Scheduler:
         if event.namespace not in ("", "events"):
             return []  # topic messages and engine events never start runs
         stored_event = event_to_json(event)
-        matched = await self._catalog.match(event.name, {"event": event_variables(stored_event)})
-        cancelling = [f for f in await self._catalog.functions() if f.cancelled_by(event.name)]
+        functions = await self._catalog.functions()
+        variables = {"event": event_variables(stored_event)}
+        matched = [f for f in functions if f.matches(event.name, variables)]
+        cancelling = [f for f in functions if f.cancelled_by(event.name)]
         if not matched and not cancelling:
             async with self._db.reading() as conn:
                 if not await has_open_waits(conn, event.name):

@@ -38,6 +38,8 @@ from ._system_events import SystemEvents
 from ._waits import get_wait, indexed_value, insert_wait
 
 SUSPENDED_STATUSES = ("sleeping", "waiting")
+# How long `invoke` waits for the child when the worker names no timeout (the child keeps running).
+DEFAULT_INVOKE_TIMEOUT = timedelta(seconds=30)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,7 +209,7 @@ async def _invoke(
         )
         ctx.events.step(run.id, step_yield.step_id, "completed", {"name": name, "output": handle})
         return None
-    timeout_at = _when(request, "timeout_at", "timeout", ctx.now)
+    timeout_at = _when(request, "timeout_at", "timeout", ctx.now) or ctx.now + DEFAULT_INVOKE_TIMEOUT
     await insert_wait(
         conn,
         {
@@ -223,10 +225,8 @@ async def _invoke(
     await save_step(
         conn, run.id, step_yield.step_id, status="waiting", output=handle, ended_at=None, **common
     )
-    notice: dict[str, Any] = {"name": name, **handle}
-    if timeout_at is not None:
-        notice["timeout_at"] = timeout_at.isoformat()
-        ctx.events.timer_at(timeout_at)
+    ctx.events.timer_at(timeout_at)
+    notice = {"name": name, **handle, "timeout_at": timeout_at.isoformat()}
     ctx.events.step(run.id, step_yield.step_id, "waiting", notice)
     return "invoke"
 
