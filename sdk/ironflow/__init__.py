@@ -8,7 +8,8 @@ r.event_id, r.run_ids
 async def order_handler(ctx: ironflow.Context):
     return await ctx.step.run("charge", charge_card, ctx.event.data["orderId"])
 
-await ironflow.Worker(functions=[order_handler]).run()
+await ironflow.Worker(functions=[order_handler]).run()      # pull mode (or worker.start() in an app)
+app = ironflow.serve(functions=[push_handler], signing_key=...)   # push mode: an ASGI app
 """
 
 from ._client import Client
@@ -28,6 +29,7 @@ from ._models import (
     Step,
 )
 from ._run_errors import RunCancelledError, RunFailedError
+from ._serve import PushApp, serve
 from ._steps import InvokeHandle, StepArgumentError, Steps
 from ._sync import SyncClient
 from ._worker import Worker
@@ -47,6 +49,7 @@ __all__ = [
     "IronflowError",
     "NonRetryableError",
     "PublishResult",
+    "PushApp",
     "Retry",
     "RetryAfterError",
     "Run",
@@ -64,4 +67,5 @@ __all__ = [
     "function",
     "on_cron",
     "on_event",
+    "serve",
 ]

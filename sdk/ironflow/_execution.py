@@ -11,19 +11,24 @@ from ._client import event_from_proto
 from ._context import Context
 from ._errors import NonRetryableError, StepError
 from ._function import Function
-from ._signals import LeaseLostSignal, StepFailedSignal, YieldSignal
-from ._steps import JobChannel, Publisher, Steps
+from ._signals import LeaseLostSignal, SegmentEndSignal, StepFailedSignal, YieldSignal
+from ._steps import JobChannel, Publisher, StepBudget, Steps
 from ._values import error_info, to_value
 
 log = logging.getLogger("ironflow.worker")
 
 
 async def execute(
-    job: runs_pb2.Job, function: Function, channel: JobChannel, publisher: Publisher | None = None
+    job: runs_pb2.Job,
+    function: Function,
+    channel: JobChannel,
+    publisher: Publisher | None = None,
+    budget: StepBudget | None = None,
 ) -> None:
     """Run `job` to its next outcome. Cancellation (asyncio.CancelledError) propagates unreported:
-    the server cancelled the run or handed it to someone else."""
-    steps = Steps(job, channel, publisher)
+    the server cancelled the run or handed it to someone else. With a `budget` (push mode) the
+    execution may also end between two steps, reporting progress without an outcome."""
+    steps = Steps(job, channel, publisher, budget)
     logger = logging.LoggerAdapter(
         logging.getLogger(f"ironflow.function.{function.id}"), {"run_id": job.run_id, "attempt": job.attempt}
     )
@@ -39,6 +44,8 @@ async def execute(
         report.step_failed = True
     except YieldSignal as suspended:
         report.yielded.yields.extend(suspended.yields)
+    except SegmentEndSignal:
+        pass  # no outcome: the checkpoints already reported are this segment's progress
     except LeaseLostSignal:
         log.warning("run %s: lease lost; another worker has it now", job.run_id)
         return

@@ -28,3 +28,8 @@ class YieldSignal(BaseException):
 
 class LeaseLostSignal(BaseException):
     """The server no longer considers this worker the run's holder: stop without reporting."""
+
+
+class SegmentEndSignal(BaseException):
+    """Push mode: the request's time budget is nearly spent, so the handler stops before its next
+    step; the answer carries the checkpoints so far and the scheduler sends the next segment at once."""

@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,7 +30,7 @@ from ironflow.v1 import runs_pb2
 from ._durations import Duration, to_seconds
 from ._errors import InvokeError, NonRetryableError, StepError
 from ._models import Event, PublishResult
-from ._signals import LeaseLostSignal, StepFailedSignal, YieldSignal
+from ._signals import LeaseLostSignal, SegmentEndSignal, StepFailedSignal, YieldSignal
 from ._values import error_info, from_value, stored_event, to_value
 
 DEFAULT_INVOKE_TIMEOUT = "30s"
@@ -46,6 +47,14 @@ class JobChannel(Protocol):
 
 # Publishes a topic message with an idempotency key (the worker's client).
 Publisher = Callable[[str, dict[str, Any], str], Awaitable[PublishResult]]
+
+
+class StepBudget(Protocol):
+    """Push mode: whether there is time left in this request to start another step."""
+
+    def allows_new_step(self) -> bool: ...
+
+    def step_took(self, seconds: float) -> None: ...
 
 
 class StepArgumentError(NonRetryableError, ValueError):
@@ -83,10 +92,18 @@ _SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("ironflow
 class Steps:
     """`ctx.step`."""
 
-    def __init__(self, job: runs_pb2.Job, channel: JobChannel, publisher: Publisher | None = None) -> None:
+    def __init__(
+        self,
+        job: runs_pb2.Job,
+        channel: JobChannel,
+        publisher: Publisher | None = None,
+        budget: StepBudget | None = None,
+    ) -> None:
         self._job = job
         self._channel = channel
         self._publisher = publisher
+        self._budget = budget
+        self._ran_new_step = False
         self._memo = {step.step_id: step for step in job.steps}
         self._root = _Scope(prefix="")
         self._completed: set[str] = set()
@@ -121,6 +138,16 @@ class Steps:
             checkpoints=list(checkpoints),
         )
 
+    def _check_budget(self) -> None:
+        """Push mode: end the request before a new top-level step when its time is nearly spent. The
+        first new step always runs, so every request makes progress; branches of a parallel step
+        are never cut apart (the budget is checked before the parallel step, as one step)."""
+        if self._budget is None or _SCOPE.get() is not None:
+            return
+        if self._ran_new_step and not self._budget.allows_new_step():
+            raise SegmentEndSignal
+        self._ran_new_step = True
+
     def _replayed(self, step_id: str) -> runs_pb2.MemoizedStep | None:
         memo = self._memo.get(step_id)
         if memo is not None and memo.status == runs_pb2.STEP_STATUS_COMPLETED:
@@ -146,17 +173,25 @@ class Steps:
         retrying = memo is not None and memo.status == runs_pb2.STEP_STATUS_RETRYING
         attempt = memo.attempt + 1 if memo is not None and retrying else 1
         checkpoint = runs_pb2.StepCheckpoint(step_id=step_id, name=name, kind=kind, attempt=attempt)
+        if scope is None:
+            self._check_budget()  # branches were budgeted as one step by `_branches`
 
         checkpoint.status = runs_pb2.STEP_STATUS_RUNNING
+        checkpoint.recorded_at.GetCurrentTime()
         await self._channel.report(self._report(checkpoint), wait=False)
         if scope is not None:
             _SCOPE.set(scope)  # this task is the branch: its inner steps get the branch's ids
+        started = time.monotonic()
         try:
             output = to_value(await _call(call), what=f"the output of step {name!r}")
         except Exception as exc:
             checkpoint.status = runs_pb2.STEP_STATUS_FAILED
             checkpoint.error.CopyFrom(error_info(exc))
             raise StepFailedSignal([checkpoint]) from exc
+        finally:
+            checkpoint.recorded_at.GetCurrentTime()
+            if self._budget is not None:
+                self._budget.step_took(time.monotonic() - started)
 
         checkpoint.status = runs_pb2.STEP_STATUS_COMPLETED
         checkpoint.output.CopyFrom(output)
@@ -300,6 +335,7 @@ class Steps:
                 step_id=step_id, name=name, kind=COMPENSATION_KIND, attempt=1
             )
             checkpoint.status = runs_pb2.STEP_STATUS_RUNNING
+            checkpoint.recorded_at.GetCurrentTime()
             await self._channel.report(self._report(checkpoint), wait=False)
             try:
                 checkpoint.output.CopyFrom(to_value(await _call(compensation.call), what=f"undo of {name!r}"))
@@ -307,6 +343,7 @@ class Steps:
             except Exception as exc:  # noqa: BLE001 - recorded; the other undos must still run
                 checkpoint.status = runs_pb2.STEP_STATUS_FAILED
                 checkpoint.error.CopyFrom(error_info(exc, non_retryable=True))
+            checkpoint.recorded_at.GetCurrentTime()
             if not await self._channel.report(self._report(checkpoint), wait=True):
                 raise LeaseLostSignal(self._job.run_id)
 
@@ -364,6 +401,8 @@ class Steps:
             raise StepArgumentError(f"step.{kind}({name!r}): on_error must be 'fail_fast' or 'collect'")
         if not calls:
             return []
+        if any(not self._done(f"{parent_id}/{index}") for index in range(len(calls))):
+            self._check_budget()
         limit = asyncio.Semaphore(concurrency or len(calls))
 
         async def branch(index: int, call: Callable[[], Any]) -> Any:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ironflow.services.core.errors import ErrorCode, ServiceError, invalid_argument, not_found
 from ironflow.services.core.firehose import FIREHOSE_STREAM, FirehoseMessage
 from ironflow.services.core.ids import Clock, IdSource, random_id, utc_now
-from ironflow.services.core.storage import Database, function_versions, functions, insert_or_ignore
+from ironflow.services.core.storage import (
+    Database,
+    function_versions,
+    functions,
+    insert_or_ignore,
+    push_endpoints,
+)
 from ironflow.services.core.streams import Stream
 from ironflow.v1 import functions_pb2
 
@@ -51,6 +57,8 @@ class StoredFunction:
     status: str
     created_at: datetime
     updated_at: datetime
+    # Push mode: the breaker of the endpoint as the scheduler's dispatcher last recorded it.
+    circuit_state: str = ""
 
     def to_proto(self) -> functions_pb2.Function:
         status = {name: value for value, name in _STATUS_NAMES.items()}[self.status]
@@ -61,7 +69,8 @@ class StoredFunction:
         )
         function.created_at.FromDatetime(self.created_at)
         function.updated_at.FromDatetime(self.updated_at)
-        function.circuit_state = "closed" if self.definition.mode == functions_pb2.FUNCTION_MODE_PUSH else ""
+        if self.definition.mode == functions_pb2.FUNCTION_MODE_PUSH:
+            function.circuit_state = self.circuit_state or "closed"
         return function
 
 
@@ -137,7 +146,8 @@ class Registry:
         if changed:
             self._changed()
         await self._announce(changed)
-        return [stored for stored, _ in results]
+        async with self._db.reading() as conn:
+            return await self._with_circuits(conn, [stored for stored, _ in results])
 
     async def _upsert(
         self, conn: AsyncConnection, definition: functions_pb2.FunctionDefinition, *, takeover: bool
@@ -225,7 +235,7 @@ class Registry:
             if row is None or (row.status == "deleted" and version == 0):
                 raise not_found("function", function_id)
             if version in (0, row.version):
-                return _from_row(row)
+                return (await self._with_circuits(conn, [_from_row(row)]))[0]
             old = (
                 await conn.execute(
                     sa.select(function_versions).where(
@@ -256,7 +266,7 @@ class Registry:
             query = query.where(functions.c.id > cursor)
         async with self._db.reading() as conn:
             rows = (await conn.execute(query)).all()
-        page = [_from_row(row) for row in rows[:limit]]
+            page = await self._with_circuits(conn, [_from_row(row) for row in rows[:limit]])
         return page, (page[-1].definition.id if len(rows) > limit else "")
 
     async def set_status(self, function_id: str, status: int) -> StoredFunction:
@@ -283,6 +293,31 @@ class Registry:
         if await self._db.run(work) == 0:
             raise not_found("function", function_id)
         self._changed()
+
+    async def _with_circuits(
+        self, conn: AsyncConnection, stored: list[StoredFunction]
+    ) -> list[StoredFunction]:
+        """Fill in the breaker state of push functions. The scheduler writes it when it changes; an
+        open breaker whose reset time has passed shows as half open (its next request is the probe)."""
+        urls = {
+            s.definition.endpoint_url for s in stored if s.definition.mode == functions_pb2.FUNCTION_MODE_PUSH
+        }
+        if not urls:
+            return stored
+        rows = await conn.execute(sa.select(push_endpoints).where(push_endpoints.c.url.in_(sorted(urls))))
+        now = self._clock()
+        states: dict[str, str] = {}
+        for row in rows:
+            state = row.circuit_state
+            if state == "open" and row.retry_at is not None and row.retry_at <= now:
+                state = "half_open"
+            states[row.url] = state
+        return [
+            replace(s, circuit_state=states.get(s.definition.endpoint_url, "closed"))
+            if s.definition.mode == functions_pb2.FUNCTION_MODE_PUSH
+            else s
+            for s in stored
+        ]
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call `listener` after every committed change (an in-process reader refreshes its copy)."""

@@ -2,6 +2,7 @@
 
 from ._catalog import CompiledFunction, FunctionCatalog, FunctionSource
 from ._options import RunOptions
+from ._push import PushSettings
 from ._rest import RunsRestApp
 from ._rpc import SchedulerServiceRpc, wait_timeout
 from ._scheduler import EventWatermark, Scheduler, SchedulerSettings
@@ -12,6 +13,7 @@ __all__ = [
     "EventWatermark",
     "FunctionCatalog",
     "FunctionSource",
+    "PushSettings",
     "RunOptions",
     "RunsRestApp",
     "Scheduler",

@@ -48,6 +48,8 @@ class CompiledFunction:
     options: RunOptions
     # Events that cancel active runs; conditions see `event` (the run's trigger) and `async` (this one).
     cancel_on: tuple[EventTrigger, ...] = ()
+    # Push mode: where the dispatcher POSTs its runs.
+    endpoint_url: str = ""
 
     def matches(self, name: str, variables: dict[str, Any]) -> bool:
         return any(trigger.matches(name, variables) for trigger in self.triggers)
@@ -74,6 +76,7 @@ def compile_function(function: functions_pb2.Function) -> CompiledFunction:
         triggers=tuple(triggers),
         options=RunOptions.from_definition(definition),
         cancel_on=tuple(cancel_on),
+        endpoint_url=definition.endpoint_url,
     )
 
 

@@ -9,7 +9,7 @@ catch it), or whether the run fails or pauses. Workers of any SDK version theref
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -41,8 +41,10 @@ async def apply_report(
     retry_at: datetime | None = None
     next_attempt = run.attempt
     pause = False
-    for checkpoint in failed:
-        decision = await _record_step_failure(conn, run.id, checkpoint, options, now=now, events=events)
+    for checkpoint, at in failed:
+        decision = await _record_step_failure(
+            conn, run.id, checkpoint, options, now=now, at=at, events=events
+        )
         if decision == "pause":
             pause = True
         elif isinstance(decision, datetime):
@@ -77,16 +79,28 @@ async def _record_checkpoints(
     now: datetime,
     events: SystemEvents,
 ) -> list[runs_pb2.StepCheckpoint]:
-    """Store progress and outcomes; returns the step failures the retry policy must decide on."""
-    failed: list[runs_pb2.StepCheckpoint] = []
-    for checkpoint in checkpoints:
+    """Store progress and outcomes; returns the step failures the retry policy must decide on, each
+    with the time it happened."""
+    failed: list[tuple[runs_pb2.StepCheckpoint, datetime]] = []
+    for checkpoint, at in zip(checkpoints, checkpoint_times(checkpoints, now), strict=True):
         if checkpoint.status != runs_pb2.STEP_STATUS_FAILED:
-            await _record_checkpoint(conn, run_id, checkpoint, now=now, events=events)
+            await _record_checkpoint(conn, run_id, checkpoint, now=at, events=events)
         elif checkpoint.kind == COMPENSATION_KIND:
-            await _record_compensation_failure(conn, run_id, checkpoint, now=now, events=events)
+            await _record_compensation_failure(conn, run_id, checkpoint, now=at, events=events)
         else:
-            failed.append(checkpoint)
+            failed.append((checkpoint, at))
     return failed
+
+
+def checkpoint_times(checkpoints: Sequence[runs_pb2.StepCheckpoint], now: datetime) -> list[datetime]:
+    """When each checkpoint happened, on the scheduler's clock. A report with several checkpoints (a
+    push answer) spreads them back from `now` by the gaps the worker measured between them, so steps
+    keep their order and durations; the worker's clock is never compared with ours."""
+    if len(checkpoints) < 2 or not all(c.HasField("recorded_at") for c in checkpoints):
+        return [now] * len(checkpoints)
+    stamps = [c.recorded_at.ToDatetime(tzinfo=UTC) for c in checkpoints]
+    latest = max(stamps)
+    return [now - (latest - stamp) for stamp in stamps]
 
 
 async def _record_checkpoint(
@@ -147,14 +161,16 @@ async def _record_step_failure(
     options: RunOptions,
     *,
     now: datetime,
+    at: datetime,
     events: SystemEvents,
 ) -> datetime | str:
-    """Store a failed attempt; returns when to retry, "final" (the handler sees the error) or "pause"."""
+    """Store a failed attempt (that failed `at`); returns when to retry, "final" (the handler sees the
+    error) or "pause"."""
     attempt = max(checkpoint.attempt, 1)
     error = error_to_json(checkpoint.error)
     name = checkpoint.name or checkpoint.step_id
     existing = await get_step(conn, run_id, checkpoint.step_id)
-    started_at = existing.started_at if existing is not None and existing.started_at else now
+    started_at = existing.started_at if existing is not None and existing.started_at else at
     common = {
         "name": name,
         "kind": checkpoint.kind or "run",
@@ -162,7 +178,7 @@ async def _record_step_failure(
         "output": None,
         "error": error,
         "started_at": started_at,
-        "ended_at": now,
+        "ended_at": at,
     }
     exhausted = options.exhausted(attempt)
     if checkpoint.error.non_retryable or exhausted:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,6 +39,7 @@ from ._invocation import invoked_event, start_run
 from ._matchers import MatchCache, event_variables
 from ._matching import has_open_waits, resume_waits, runs_to_cancel
 from ._options import RunOptions
+from ._push import PushDispatcher, PushSettings
 from ._reports import apply_report, end_run
 from ._resume import resume
 from ._store import (
@@ -82,6 +83,8 @@ class SchedulerSettings:
     max_event_wait_hold: timedelta = timedelta(minutes=5)
     # WaitForRuns is woken by each run's end; this is only a backstop for runs ended by another replica.
     wait_recheck_interval: timedelta = timedelta(seconds=5)
+    # The dispatcher that POSTs runs of push-mode functions to their endpoints.
+    push: PushSettings = field(default_factory=PushSettings)
 
 
 class Scheduler:
@@ -110,6 +113,9 @@ class Scheduler:
         self._run_waiters: dict[str, set[asyncio.Event]] = {}
         self._timers_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.push = PushDispatcher(
+            jobs=self, catalog=catalog, notices=notices, db=db, settings=self._settings.push, clock=clock
+        )
 
     @property
     def catalog(self) -> FunctionCatalog:
@@ -122,8 +128,10 @@ class Scheduler:
             asyncio.create_task(self._sweep_forever(), name="scheduler-sweeper"),
             asyncio.create_task(self._fire_timers_forever(), name="scheduler-timers"),
         ]
+        await self.push.start()
 
     async def stop(self) -> None:
+        await self.push.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -351,6 +359,38 @@ class Scheduler:
         if await self._db.run(work):
             self._notices.work_available()
         return runs_pb2.ReleaseJobsResponse()
+
+    async def defer_delivery(
+        self, lease: runs_pb2.JobLease, *, delay: timedelta, error: dict[str, Any], endpoint: str
+    ) -> bool:
+        """A push request failed in transport (the endpoint is down, slow or answered nonsense): give
+        the run back, due again after `delay`. User code did not fail, so no retry attempt is spent.
+        False when the lease was no longer held (the run was cancelled or timed out meanwhile)."""
+        now = self._clock()
+
+        async def work(conn: AsyncConnection) -> tuple[bool, SystemEvents]:
+            announced = SystemEvents(ids=self._ids, now=now)
+            result = await conn.execute(
+                runs.update()
+                .where(
+                    runs.c.id == lease.run_id,
+                    runs.c.lease_token == lease.lease_token,
+                    runs.c.execution_sequence == lease.execution_sequence,
+                    runs.c.status == "running",
+                )
+                .values(worker_id=None, available_at=now + delay, **fenced_off(now))
+            )
+            deferred = bool(result.rowcount)
+            if deferred:
+                retry_at = (now + delay).isoformat()
+                announced.run(
+                    lease.run_id, "delivery_failed", {"endpoint": endpoint, "retry_at": retry_at, **error}
+                )
+            return deferred, announced
+
+        deferred, announced = await self._db.run(work)
+        await self._after_commit(announced)
+        return deferred
 
     async def report_jobs(self, request: runs_pb2.ReportJobRequest) -> runs_pb2.ReportJobResponse:
         """Record checkpoints and outcomes, one transaction for the whole batch; stale ones are refused."""

@@ -39,6 +39,7 @@ from ironflow.services.registry import MAX_LIST_LIMIT, Registry, RegistryService
 from ironflow.services.scheduler import (
     FunctionCatalog,
     FunctionSource,
+    PushSettings,
     RunsRestApp,
     Scheduler,
     SchedulerServiceRpc,
@@ -66,6 +67,8 @@ SERVICE_NAMES = (
     "ironflow.v1.WorkerService",
     "ironflow.v1.SubscriptionService",
 )
+# A push request holds its run's lease; leases are at most 10 minutes.
+MAX_PUSH_TIMEOUT = timedelta(minutes=5)
 # Connect caps request messages; allow a full payload plus protobuf framing.
 _READ_MAX_OVERHEAD = 256 * 1024
 
@@ -91,6 +94,8 @@ class EmbeddedServer:
         await stream.ping()
         if settings.heartbeat_interval >= settings.lease_duration:
             raise invalid_argument("heartbeat_interval", "must be shorter than lease_duration")
+        if settings.push_timeout > MAX_PUSH_TIMEOUT:
+            raise invalid_argument("push_timeout", f"must be at most {MAX_PUSH_TIMEOUT.total_seconds():g}s")
         firehose = firehose_key(settings.stream_prefix)
         notices = RunNotices()
         registry = Registry(db=db, stream=stream, firehose=firehose)
@@ -106,7 +111,16 @@ class EmbeddedServer:
             stream=stream,
             catalog=catalog,
             notices=notices,
-            settings=SchedulerSettings(firehose=firehose),
+            settings=SchedulerSettings(
+                firehose=firehose,
+                push=PushSettings(
+                    signing_key=settings.signing_key,
+                    request_timeout=settings.push_timeout,
+                    concurrency=settings.push_concurrency,
+                    breaker_threshold=settings.push_breaker_threshold,
+                    breaker_reset=settings.push_breaker_reset,
+                ),
+            ),
             event_watermark=trigger_watermark,
         )
 

@@ -40,3 +40,13 @@ class ServerSettings(BaseSettings):
     lease_duration: Annotated[timedelta, _duration("lease_duration")] = timedelta(seconds=30)
     # How often workers are asked to heartbeat (well inside the lease).
     heartbeat_interval: Annotated[timedelta, _duration("heartbeat_interval")] = timedelta(seconds=10)
+    # Push mode: the key push requests are signed with (the same as the apps' ironflow.serve).
+    signing_key: str | None = None
+    # The longest a push request may take (a function's own timeout lowers it for that function).
+    push_timeout: Annotated[timedelta, _duration("push_timeout")] = timedelta(seconds=30)
+    # Requests in flight at once per push endpoint.
+    push_concurrency: int = Field(default=10, ge=1, le=1000)
+    # Consecutive transport failures that open an endpoint's circuit breaker, and how long it stays
+    # open before one probe request is let through.
+    push_breaker_threshold: int = Field(default=5, ge=1, le=1000)
+    push_breaker_reset: Annotated[timedelta, _duration("push_breaker_reset")] = timedelta(seconds=30)

@@ -53,6 +53,15 @@ def serve(
     stream_url: Annotated[
         str | None, typer.Option("--stream-url", help="memory:// or redis://host:6379/0")
     ] = None,
+    signing_key: Annotated[
+        str | None,
+        typer.Option(
+            "--signing-key",
+            envvar="IRONFLOW_SIGNING_KEY",
+            help="Key push requests are signed with (the same as in ironflow.serve).",
+            show_envvar=True,
+        ),
+    ] = None,
     dev: Annotated[bool, typer.Option("--dev", help="Verbose logs for local development.")] = False,
 ) -> None:
     """Run the whole Ironflow suite in one process (SQLite + in-process stream by default)."""
@@ -63,6 +72,7 @@ def serve(
             "port": port,
             "database_url": database_url,
             "stream_url": stream_url,
+            "signing_key": signing_key,
         }.items()
         if value is not None
     }

@@ -1,6 +1,6 @@
 """The worker-gateway service (WorkerService): job delivery to pull workers, over a stream or long-poll."""
 
-from ._gateway import GatewaySettings, RegisterFunctions, SchedulerApi, WorkerGateway, check_report
+from ._gateway import GatewaySettings, RegisterFunctions, SchedulerApi, WorkerGateway
 from ._rpc import WorkerServiceRpc
 
 __all__ = [
@@ -9,5 +9,4 @@ __all__ = [
     "SchedulerApi",
     "WorkerGateway",
     "WorkerServiceRpc",
-    "check_report",
 ]

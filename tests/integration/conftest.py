@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,13 @@ def server_settings(backend: str, tmp_path: Path) -> ServerSettings:
 
 @pytest.fixture(params=["embedded", "postgres_redis"])
 async def live_server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LiveServer]:
-    settings = server_settings(request.param, tmp_path)
+    async with running_server(server_settings(request.param, tmp_path)) as server:
+        yield server
+
+
+@asynccontextmanager
+async def running_server(settings: ServerSettings) -> AsyncIterator[LiveServer]:
+    """A server on this event loop, answering on a real port; its schema and stream are dropped after."""
     server = EmbeddedServer(settings)
     await server.start()
     shutdown = asyncio.Event()

@@ -19,6 +19,7 @@ EXPECTED = {
     "IronflowError",
     "NonRetryableError",
     "PublishResult",
+    "PushApp",
     "Retry",
     "RetryAfterError",
     "Run",
@@ -36,6 +37,7 @@ EXPECTED = {
     "function",
     "on_cron",
     "on_event",
+    "serve",
 }
 
 

@@ -703,6 +703,40 @@ class Job(_message.Message):
 Global___Job: _TypeAlias = Job  # noqa: Y015
 
 @_typing.final
+class PushRequest(_message.Message):
+    """Push mode: the body of the signed POST the scheduler sends to a function's endpoint (proto JSON).
+    The endpoint answers with a JobReport (proto JSON): its checkpoints in order and, when the handler
+    finished or yielded, the outcome. A report without an outcome means the time budget ran out between
+    steps: the scheduler records the checkpoints and sends the next segment at once.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job: ...
+    @_builtins.property
+    def budget(self) -> _duration_pb2.Duration:
+        """How long the endpoint may take before answering; it starts no new step once little of it remains.
+        Unset: no limit.
+        """
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+        budget: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushRequest: _TypeAlias = PushRequest  # noqa: Y015
+
+@_typing.final
 class StepCheckpoint(_message.Message):
     """A completed or failed step, reported as soon as it ends."""
 
@@ -715,6 +749,7 @@ class StepCheckpoint(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     name: _builtins.str
     kind: _builtins.str
@@ -724,6 +759,13 @@ class StepCheckpoint(_message.Message):
     def output(self) -> _struct_pb2.Value: ...
     @_builtins.property
     def error(self) -> _common_pb2.ErrorInfo: ...
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp:
+        """When the worker recorded it, by the worker's clock. The scheduler uses only the differences between
+        the checkpoints of one report (a push answer carries several), anchored at its own clock, so step
+        order and durations survive while the worker's clock skew does not matter.
+        """
+
     def __init__(
         self,
         *,
@@ -734,10 +776,11 @@ class StepCheckpoint(_message.Message):
         output: _struct_pb2.Value | None = ...,
         error: _common_pb2.ErrorInfo | None = ...,
         attempt: _builtins.int = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "output", b"output", "recorded_at", b"recorded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "kind", b"kind", "name", b"name", "output", b"output", "status", b"status", "step_id", b"step_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "kind", b"kind", "name", b"name", "output", b"output", "recorded_at", b"recorded_at", "status", b"status", "step_id", b"step_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

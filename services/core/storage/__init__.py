@@ -2,7 +2,17 @@
 
 from ._database import DEFAULT_SQLITE_URL, Database, is_transient
 from ._migrate import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
-from ._tables import events, function_versions, functions, metadata, runs, schema_versions, steps, waits
+from ._tables import (
+    events,
+    function_versions,
+    functions,
+    metadata,
+    push_endpoints,
+    runs,
+    schema_versions,
+    steps,
+    waits,
+)
 from ._types import UTCDateTime
 from ._upsert import insert_or_ignore
 
@@ -19,6 +29,7 @@ __all__ = [
     "is_transient",
     "metadata",
     "migrate",
+    "push_endpoints",
     "runs",
     "schema_version",
     "schema_versions",

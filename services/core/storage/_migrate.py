@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from ._database import Database
-from ._tables import events, metadata, runs, schema_versions, waits
+from ._tables import events, metadata, push_endpoints, runs, schema_versions, waits
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,17 @@ def _reshape_waits(conn: sa.Connection) -> None:
     waits.create(conn)
 
 
+def _add_push_endpoints(conn: sa.Connection) -> None:
+    push_endpoints.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, functions, function versions, runs, steps, waits", _create_initial_tables),
     Migration(
         2, "run options and timeout deadline; index of untriggered events", _add_run_options_and_trigger_sweep
     ),
     Migration(3, "waits for timers, events and child runs, indexed by match key", _reshape_waits),
+    Migration(4, "circuit breaker state of push endpoints", _add_push_endpoints),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -187,3 +187,18 @@ waits = sa.Table(
         postgresql_where=sa.text("resolved_at IS NULL"),
     ),
 )
+
+# scheduler: the circuit breaker of each push endpoint, written when its state changes so that
+# GetFunction can show it and a restarted dispatcher resumes where it was. Added by migration 4.
+push_endpoints = sa.Table(
+    "push_endpoints",
+    metadata,
+    sa.Column("url", sa.String(2048), primary_key=True),
+    # closed, open or half_open.
+    sa.Column("circuit_state", sa.String(16), nullable=False),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False),
+    # While open: when a probe request may be tried (the breaker is half open from then on).
+    sa.Column("retry_at", UTCDateTime, nullable=True),
+    sa.Column("last_error", JSONDocument, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
