@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
 import grpc
@@ -75,6 +75,16 @@ _STEP_STATUS_NAMES = {
     runs_pb2.STEP_STATUS_WAITING: "waiting",
     runs_pb2.STEP_STATUS_CANCELLED: "cancelled",
 }
+
+
+class ServesFunctions(Protocol):
+    """Anything that carries push functions, such as the ASGI app `ironflow.serve(...)` returns.
+
+    Duck-typed so the client need not import the serving code (or its web dependencies) to accept it.
+    """
+
+    @property
+    def functions(self) -> Sequence[Function]: ...
 
 
 def resolve_server_url(server_url: str | None) -> str:
@@ -249,6 +259,34 @@ class Client:
         response: functions_pb2.GetFunctionResponse = await self._call(self._registry.GetFunction, request)
         return _function(response.function)
 
+    async def register(
+        self,
+        functions: Sequence[Function] | ServesFunctions,
+        *,
+        endpoint_url: str | None = None,
+        takeover: bool = False,
+    ) -> list[FunctionInfo]:
+        """Tell Ironflow about push-mode functions and the URL it should POST their runs to.
+
+        Pull workers register their own functions when they connect; push functions have nobody
+        dialling in, so the app (or a deploy step) calls this once per deploy. Registering an
+        unchanged definition keeps its version, so calling it on every start is safe.
+
+        `functions` is a list of `@ironflow.function(..., mode="push")` definitions, or the app from
+        `ironflow.serve(...)`, which carries them. A function already registered in pull mode is
+        refused with FAILED_PRECONDITION unless `takeover=True`: switching modes moves where its runs
+        go, which should never happen by accident. Bad arguments raise ValueError before any call.
+        """
+        checked = push_functions(functions)
+        url = push_endpoint_url(endpoint_url)
+        request = functions_pb2.RegisterFunctionsRequest(
+            functions=[function.definition() for function in checked], endpoint_url=url, takeover=takeover
+        )
+        response: functions_pb2.RegisterFunctionsResponse = await self._call(
+            self._registry.RegisterFunctions, request
+        )
+        return [_function(f) for f in response.functions]
+
     # -- runs ---------------------------------------------------------------------------------
 
     async def get_run(self, run_id: str) -> Run:
@@ -377,6 +415,54 @@ class Client:
             raise _error(exc, self.server_url) from None
 
 
+def push_functions(functions: object) -> list[Function]:
+    """The push functions in `functions` (a list of them, or an object with `.functions`), checked.
+
+    Checked here rather than left to the server because the server cannot tell a pull function passed
+    by mistake from a deliberate mode switch, and a ValueError naming the index is easier to act on.
+    """
+    # The app from ironflow.serve(...) carries its functions; a Function itself has no `.functions`.
+    source = getattr(functions, "functions", functions)
+    if isinstance(source, Function):
+        raise ValueError(f"functions: pass a list such as [my_function], not one function ({source.id!r})")
+    if isinstance(source, str | bytes) or not isinstance(source, Iterable):
+        raise ValueError(
+            "functions: must be a list of @ironflow.function definitions or the app from "
+            f"ironflow.serve(...), got {type(functions).__name__}"
+        )
+    items = list(source)
+    if not items:
+        raise ValueError("functions: at least one @ironflow.function(..., mode='push') is required")
+    seen: set[str] = set()
+    for index, function in enumerate(items):
+        if not isinstance(function, Function):
+            raise ValueError(f"functions[{index}]: not an @ironflow.function ({function!r})")
+        if function.mode != "push":
+            raise ValueError(
+                f"functions[{index}]: {function.id!r} is a pull-mode function; workers register those "
+                "themselves — declare it with mode='push' to serve it over HTTP"
+            )
+        if function.id in seen:
+            raise ValueError(f"functions[{index}]: function id {function.id!r} appears twice")
+        seen.add(function.id)
+    return items
+
+
+def push_endpoint_url(endpoint_url: str | None) -> str:
+    """`endpoint_url`, checked: push functions are useless without an address Ironflow can POST to."""
+    if not endpoint_url:
+        raise ValueError(
+            "endpoint_url: push functions need the URL Ironflow POSTs to, "
+            "e.g. https://app.example.com/api/ironflow"
+        )
+    if not isinstance(endpoint_url, str):
+        raise ValueError(f"endpoint_url: must be a string URL, got {type(endpoint_url).__name__}")
+    parsed = urlparse(endpoint_url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"endpoint_url: must be an http:// or https:// URL, got {endpoint_url!r}")
+    return endpoint_url
+
+
 def _struct_argument(data: dict[str, Any] | None) -> Any:
     if data is None:
         return to_struct({})
@@ -425,6 +511,8 @@ def _function(message: functions_pb2.Function) -> FunctionInfo:
         created_at=from_timestamp(message.created_at),
         updated_at=from_timestamp(message.updated_at),
         definition=definition,
+        endpoint_url=message.definition.endpoint_url,
+        circuit_state=message.circuit_state,
     )
 
 

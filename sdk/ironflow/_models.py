@@ -57,6 +57,11 @@ class FunctionInfo:
     updated_at: datetime | None
     # The whole definition as JSON (retry, timeout, flow control, ...).
     definition: dict[str, Any] = field(default_factory=dict)
+    # Push mode: where Ironflow POSTs this function's runs; empty for pull mode.
+    endpoint_url: str = ""
+    # Push mode: the endpoint's circuit breaker, "closed" (healthy), "open" (calls paused after
+    # failures) or "half_open" (trying again); empty for pull mode.
+    circuit_state: str = ""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from google.protobuf import json_format
 
 from ironflow.v1 import runs_pb2
 
-from ._client import Client, resolve_server_url
+from ._client import Client, push_functions, resolve_server_url
 from ._execution import execute
 from ._function import Function
 from ._models import PublishResult
@@ -229,26 +229,13 @@ def serve(
     or `ironflow functions register`. `signing_key` must equal the server's IRONFLOW_SIGNING_KEY;
     without it requests are not authenticated. `server_url` is only needed for `step.publish`
     [IRONFLOW_SERVER_URL]."""
-    if not functions:
-        raise ValueError("functions: serve needs at least one @ironflow.function(mode='push')")
-    seen: set[str] = set()
-    for index, function in enumerate(functions):
-        if not isinstance(function, Function):
-            raise ValueError(f"functions[{index}]: not an @ironflow.function ({function!r})")
-        if function.mode != "push":
-            raise ValueError(
-                f"functions[{index}]: {function.id!r} is a pull-mode function; "
-                "declare it with @ironflow.function(..., mode='push') to serve it over HTTP"
-            )
-        if function.id in seen:
-            raise ValueError(f"functions[{index}]: function id {function.id!r} appears twice")
-        seen.add(function.id)
+    checked = push_functions(functions)
     if signing_key is not None and not isinstance(signing_key, str):
         raise ValueError("signing_key: must be a string (the server's IRONFLOW_SIGNING_KEY)")
     if tolerance <= 0:
         raise ValueError(f"tolerance: must be positive, got {tolerance!r}")
     return PushApp(
-        functions, signing_key=signing_key, server_url=server_url, api_key=api_key, tolerance=tolerance
+        checked, signing_key=signing_key, server_url=server_url, api_key=api_key, tolerance=tolerance
     )
 
 

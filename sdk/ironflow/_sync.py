@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ._client import DEFAULT_TIMEOUT_SECONDS, Client
+from ._client import DEFAULT_TIMEOUT_SECONDS, Client, ServesFunctions
 from ._durations import Duration
 from ._function import Function
 from ._models import (
@@ -133,6 +133,16 @@ class SyncClient:
 
     def get_function(self, function_id: str, *, version: int | None = None) -> FunctionInfo:
         return self._run(self._client.get_function(function_id, version=version))
+
+    def register(
+        self,
+        functions: Sequence[Function] | ServesFunctions,
+        *,
+        endpoint_url: str | None = None,
+        takeover: bool = False,
+    ) -> list[FunctionInfo]:
+        """Register push-mode functions at `endpoint_url`; see `Client.register`."""
+        return self._run(self._client.register(functions, endpoint_url=endpoint_url, takeover=takeover))
 
     def get_run(self, run_id: str) -> Run:
         return self._run(self._client.get_run(run_id))

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,9 +24,10 @@ from rich.measure import Measurement
 from rich.table import Column, Table
 from rich.text import Text
 
-from ._client import RUN_STATUSES, Client
+from ._client import RUN_STATUSES, Client, push_endpoint_url
 from ._durations import to_seconds
 from ._errors import IronflowError
+from ._function import Function
 from ._models import Run, RunError, RunResult, Step
 
 T = TypeVar("T")
@@ -56,9 +59,14 @@ def _with_client(ctx: typer.Context, work: Callable[[Client], Awaitable[T]]) -> 
     try:
         return asyncio.run(run())
     except IronflowError as exc:
-        # soft_wrap: one line however long, so messages stay whole in logs and for grep.
-        stderr.print(f"[bold red]error[/] {exc.code}: {escape(exc.message)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _fail(f"{exc.code}: {exc.message}", exit_code=1)
+
+
+def _fail(message: str, *, exit_code: int) -> NoReturn:
+    """Print `error <message>` on stderr and exit: 1 when the server refused, 2 for bad usage."""
+    # soft_wrap: one line however long, so messages stay whole in logs and for grep.
+    stderr.print(f"[bold red]error[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exit_code) from None
 
 
 def _to_json(value: Any) -> Any:
@@ -227,14 +235,27 @@ def build_app() -> typer.Typer:
         if json_ or _options(ctx).json:
             _print_json(functions)
             return
-        table = Table("id", "version", "status", "mode", "triggers")
+        # Endpoint and circuit only mean something for push functions; pull-only lists stay narrow.
+        push = any(function.mode == "push" for function in functions)
+        table = Table(
+            _id_column(), "version", "status", "mode", "triggers", *(("endpoint", "circuit") if push else ())
+        )
         for function in functions:
             triggers = ", ".join(
                 t.get("event", {}).get("event") or t.get("cron", {}).get("schedule", "")
                 for t in function.triggers
             )
-            table.add_row(function.id, str(function.version), function.status, function.mode, triggers)
-        stdout.print(table)
+            row: list[str | Text] = [
+                Text(function.id),
+                str(function.version),
+                function.status,
+                function.mode,
+                Text(triggers),
+            ]
+            if push:
+                row += [Text(function.endpoint_url), _circuit(function.circuit_state)]
+            table.add_row(*row)
+        _print_table(table)
 
     @functions_app.command("get")
     def functions_get(
@@ -246,6 +267,48 @@ def build_app() -> typer.Typer:
         """Show one function's definition."""
         function = _with_client(ctx, lambda c: c.get_function(function_id, version=version))
         _print_json(function)
+
+    @functions_app.command(
+        "register",
+        help="Register push-mode functions: Ironflow will POST their runs to --endpoint-url.\n\n"
+        "Each TARGET is module.path:attribute (like uvicorn's app:app), imported from the current "
+        "directory; the attribute is an @ironflow.function, a list of them, or the app from "
+        "ironflow.serve(...). Unchanged definitions keep their version, so running this on every "
+        "deploy is safe. Exit code 2 when a TARGET or option is wrong, 1 when the server refuses "
+        "or cannot be reached.",
+    )
+    def functions_register(
+        ctx: typer.Context,
+        targets: Annotated[
+            list[str], typer.Argument(metavar="TARGET", help="module.path:attribute, e.g. myapp:app.")
+        ],
+        endpoint_url: Annotated[
+            str | None,
+            typer.Option(
+                "--endpoint-url", help="Where Ironflow POSTs, e.g. https://app.example.com/api/ironflow."
+            ),
+        ] = None,
+        takeover: Annotated[
+            bool,
+            typer.Option("--takeover", help="Switch functions now registered in pull mode over to push."),
+        ] = False,
+        json_: JsonFlag = False,
+    ) -> None:
+        functions = _load_targets(targets)
+        try:
+            url = push_endpoint_url(endpoint_url)
+        except ValueError as exc:
+            _fail(str(exc).replace("endpoint_url:", "--endpoint-url:", 1), exit_code=2)
+        registered = _with_client(ctx, lambda c: c.register(functions, endpoint_url=url, takeover=takeover))
+        if json_ or _options(ctx).json:
+            _print_json(registered)
+            return
+        table = Table(_id_column(), "version", "mode", Column("endpoint", overflow="fold"))
+        for function in registered:
+            table.add_row(
+                Text(function.id), str(function.version), function.mode, Text(function.endpoint_url)
+            )
+        _print_table(table)
 
     @runs_app.command("list")
     def runs_list(
@@ -358,6 +421,90 @@ def build_app() -> typer.Typer:
     return app
 
 
+def _load_targets(targets: list[str]) -> list[Function]:
+    """The push functions the TARGETs name, in order; the same object named twice counts once.
+
+    The current directory goes first on sys.path, as with uvicorn, because the console script's own
+    sys.path does not include it and `ironflow functions register myapp:app` is run from the project.
+    """
+    cwd = os.getcwd()
+    if sys.path[:1] != [cwd]:
+        sys.path.insert(0, cwd)
+    found: list[Function] = []
+    origin: dict[str, str] = {}
+    for target in targets:
+        for function in _load_target(target):
+            if any(function is seen for seen in found):
+                continue
+            if function.id in origin:
+                _fail(
+                    f"function id {function.id!r} is defined twice: in TARGET {origin[function.id]!r} "
+                    f"and in TARGET {target!r}",
+                    exit_code=2,
+                )
+            origin[function.id] = target
+            found.append(function)
+    return found
+
+
+def _load_target(target: str) -> list[Function]:
+    """Import one TARGET and return its push functions, or exit 2 with a one-line reason."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        _fail(f"TARGET {target!r}: must be module.path:attribute, e.g. myapp:functions", exit_code=2)
+    value: Any = _import_module(module_name, target)
+    for part in attribute.split("."):
+        if not hasattr(value, part):
+            _fail(f"TARGET {target!r}: module {module_name!r} has no attribute {attribute!r}", exit_code=2)
+        value = getattr(value, part)
+    if isinstance(value, Function):
+        candidates: list[Any] = [value]
+    elif isinstance(value, list | tuple):
+        candidates = list(value)
+    elif isinstance(getattr(value, "functions", None), list | tuple):
+        candidates = list(value.functions)  # the app from ironflow.serve(...)
+    else:
+        _fail(
+            f"TARGET {target!r} is a {type(value).__name__}; expected an @ironflow.function, a list of "
+            "them, or the app from ironflow.serve(...)",
+            exit_code=2,
+        )
+    if not candidates:
+        _fail(f"TARGET {target!r} holds no functions", exit_code=2)
+    for index, item in enumerate(candidates):
+        if not isinstance(item, Function):
+            _fail(
+                f"TARGET {target!r}[{index}] is a {type(item).__name__}, not an @ironflow.function",
+                exit_code=2,
+            )
+        if item.mode != "push":
+            _fail(
+                f"TARGET {target!r}: {item.id!r} is a pull-mode function; workers register those "
+                "themselves — declare it with mode='push' to serve it over HTTP",
+                exit_code=2,
+            )
+    return candidates
+
+
+def _import_module(module_name: str, target: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # The module itself missing (a typo, the wrong directory) reads differently from a module
+        # that exists but imports something missing.
+        if exc.name and (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
+            _fail(
+                f"TARGET {target!r}: no module named {module_name!r} "
+                "(run from the project directory, or check the spelling)",
+                exit_code=2,
+            )
+        _fail(f"TARGET {target!r}: importing {module_name!r} failed: {exc}", exit_code=2)
+    except Exception as exc:  # noqa: BLE001 - a broken user module is reported in one line, not a traceback
+        _fail(
+            f"TARGET {target!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}", exit_code=2
+        )
+
+
 def _parse_timeout(timeout: str | None) -> float:
     if timeout is None:
         return 30.0
@@ -416,6 +563,13 @@ _STATUS_STYLES = {
     "running": "cyan",
     "retrying": "magenta",
 }
+
+
+_CIRCUIT_STYLES = {"closed": "green", "open": "red", "half_open": "yellow"}
+
+
+def _circuit(state: str) -> Text:
+    return Text(state, style=_CIRCUIT_STYLES.get(state, ""))
 
 
 def _status(status: str) -> Text:

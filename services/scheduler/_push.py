@@ -114,6 +114,7 @@ class PushDispatcher:
         self._http: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._warned_unsigned = False
+        self._redirects_seen: set[str] = set()
 
     async def start(self) -> None:
         await self.breakers.load()
@@ -222,10 +223,15 @@ class PushDispatcher:
             log.warning(
                 "push requests are sent unsigned: set IRONFLOW_SIGNING_KEY on the server and the apps"
             )
+        timeout = httpx.Timeout(seconds, connect=min(seconds, 5.0))
         try:
-            response = await self._http.post(
-                url, content=body, headers=headers, timeout=httpx.Timeout(seconds, connect=min(seconds, 5.0))
-            )
+            response = await self._http.post(url, content=body, headers=headers, timeout=timeout)
+            target = _same_origin_redirect(response)
+            if target is not None:
+                # Frameworks redirect `/api/ironflow` to `/api/ironflow/` (a mounted app): follow that,
+                # but never to another host, which would receive a signed request it could replay.
+                self._warn_redirect(url, target)
+                response = await self._http.post(target, content=body, headers=headers, timeout=timeout)
         except httpx.TimeoutException:
             raise DeliveryError("TIMEOUT", f"no answer from {url} within {seconds:g}s") from None
         except httpx.HTTPError as exc:
@@ -242,6 +248,13 @@ class PushDispatcher:
         except (json_format.ParseError, ServiceError) as exc:
             raise DeliveryError("INVALID_ANSWER", f"{url} answered with {exc}", transport=False) from None
         return report
+
+    def _warn_redirect(self, url: str, target: str) -> None:
+        if url not in self._redirects_seen:
+            self._redirects_seen.add(url)
+            log.warning(
+                "push endpoint %s redirects to %s: register that URL to save a round trip", url, target
+            )
 
     async def _record(self, report: runs_pb2.JobReport) -> None:
         answer = await self._jobs.report_jobs(
@@ -289,6 +302,17 @@ class PushDispatcher:
         cap = self._settings.request_timeout.total_seconds()
         own = function.options.timeout
         return min(own, cap) if own else cap
+
+
+def _same_origin_redirect(response: httpx.Response) -> str | None:
+    """Where a 307/308 (which keep the method and body) points, if it is the same scheme, host and port."""
+    if response.status_code not in (307, 308) or "location" not in response.headers:
+        return None
+    target = response.request.url.join(response.headers["location"])
+    source = response.request.url
+    if (target.scheme, target.host, target.port) != (source.scheme, source.host, source.port):
+        return None
+    return str(target)
 
 
 def _describe(response: httpx.Response) -> str:

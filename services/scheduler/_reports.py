@@ -78,7 +78,7 @@ async def _record_checkpoints(
     *,
     now: datetime,
     events: SystemEvents,
-) -> list[runs_pb2.StepCheckpoint]:
+) -> list[tuple[runs_pb2.StepCheckpoint, datetime]]:
     """Store progress and outcomes; returns the step failures the retry policy must decide on, each
     with the time it happened."""
     failed: list[tuple[runs_pb2.StepCheckpoint, datetime]] = []

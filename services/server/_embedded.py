@@ -119,6 +119,7 @@ class EmbeddedServer:
                     concurrency=settings.push_concurrency,
                     breaker_threshold=settings.push_breaker_threshold,
                     breaker_reset=settings.push_breaker_reset,
+                    retry_max=settings.push_retry_max,
                 ),
             ),
             event_watermark=trigger_watermark,

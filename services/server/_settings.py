@@ -50,3 +50,5 @@ class ServerSettings(BaseSettings):
     # open before one probe request is let through.
     push_breaker_threshold: int = Field(default=5, ge=1, le=1000)
     push_breaker_reset: Annotated[timedelta, _duration("push_breaker_reset")] = timedelta(seconds=30)
+    # The longest wait between two delivery attempts of one run (the backoff doubles from 1 s up to it).
+    push_retry_max: Annotated[timedelta, _duration("push_retry_max")] = timedelta(seconds=60)

@@ -1,0 +1,1 @@
+"""Embedded worker example: `uvicorn examples.embedded_worker.app:app`."""

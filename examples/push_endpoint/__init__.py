@@ -1,0 +1,1 @@
+"""Push endpoint example: `uvicorn examples.push_endpoint.app:app`."""
