@@ -47,6 +47,7 @@ from ._store import (
     ENDED_STATUSES,
     claim_runs,
     fenced_off,
+    give_back,
     lock_run,
     next_due_at,
     steps_of,
@@ -341,20 +342,7 @@ class Scheduler:
         now = self._clock()
 
         async def work(conn: AsyncConnection) -> int:
-            released = 0
-            for lease in leases:
-                result = await conn.execute(
-                    runs.update()
-                    .where(
-                        runs.c.id == lease.run_id,
-                        runs.c.lease_token == lease.lease_token,
-                        runs.c.execution_sequence == lease.execution_sequence,
-                        runs.c.status == "running",
-                    )
-                    .values(worker_id=None, available_at=now, **fenced_off(now))
-                )
-                released += result.rowcount
-            return released
+            return sum([await give_back(conn, lease, available_at=now, now=now) for lease in leases])
 
         if await self._db.run(work):
             self._notices.work_available()
@@ -370,17 +358,7 @@ class Scheduler:
 
         async def work(conn: AsyncConnection) -> tuple[bool, SystemEvents]:
             announced = SystemEvents(ids=self._ids, now=now)
-            result = await conn.execute(
-                runs.update()
-                .where(
-                    runs.c.id == lease.run_id,
-                    runs.c.lease_token == lease.lease_token,
-                    runs.c.execution_sequence == lease.execution_sequence,
-                    runs.c.status == "running",
-                )
-                .values(worker_id=None, available_at=now + delay, **fenced_off(now))
-            )
-            deferred = bool(result.rowcount)
+            deferred = await give_back(conn, lease, available_at=now + delay, now=now)
             if deferred:
                 retry_at = (now + delay).isoformat()
                 announced.run(

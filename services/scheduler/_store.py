@@ -90,6 +90,22 @@ def fenced_off(now: datetime) -> dict[str, Any]:
     }
 
 
+async def give_back(conn: AsyncConnection, lease: Any, *, available_at: datetime, now: datetime) -> bool:
+    """Take a run from the holder of `lease` (a JobLease) and make it due at `available_at`; False when
+    that lease is no longer held."""
+    result = await conn.execute(
+        runs.update()
+        .where(
+            runs.c.id == lease.run_id,
+            runs.c.lease_token == lease.lease_token,
+            runs.c.execution_sequence == lease.execution_sequence,
+            runs.c.status == "running",
+        )
+        .values(worker_id=None, available_at=available_at, **fenced_off(now))
+    )
+    return bool(result.rowcount)
+
+
 async def lock_run(
     conn: AsyncConnection, run_id: str, *, dialect: str, skip_locked: bool = False
 ) -> sa.Row[Any] | None:
