@@ -73,16 +73,8 @@ class _CollectingChannel:
         )
 
     async def report(self, report: runs_pb2.JobReport, *, wait: bool) -> bool:
-        self.answer.checkpoints.extend(report.checkpoints)
-        outcome = report.WhichOneof("outcome")
-        if outcome == "completed":
-            self.answer.completed.CopyFrom(report.completed)
-        elif outcome == "failed":
-            self.answer.failed.CopyFrom(report.failed)
-        elif outcome == "yielded":
-            self.answer.yielded.CopyFrom(report.yielded)
-        elif outcome == "step_failed":
-            self.answer.step_failed = True
+        # Checkpoints append in order; an outcome (there is at most one per execution) is set.
+        self.answer.MergeFrom(report)
         return True  # fencing happens when the scheduler records the answer
 
 

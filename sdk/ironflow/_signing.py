@@ -24,12 +24,6 @@ def signature(key: str, body: bytes, timestamp: int) -> str:
     return hmac.new(key.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-def sign(key: str, body: bytes, *, timestamp: int | None = None) -> str:
-    """The header value for `body` signed now (or at `timestamp`)."""
-    moment = int(time.time()) if timestamp is None else timestamp
-    return f"t={moment},v1={signature(key, body, moment)}"
-
-
 def verify(
     key: str,
     header: str | None,

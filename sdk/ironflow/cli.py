@@ -24,7 +24,7 @@ from rich.measure import Measurement
 from rich.table import Column, Table
 from rich.text import Text
 
-from ._client import RUN_STATUSES, Client, push_endpoint_url
+from ._client import RUN_STATUSES, Client, push_endpoint_url, push_functions
 from ._durations import to_seconds
 from ._errors import IronflowError
 from ._function import Function
@@ -469,21 +469,10 @@ def _load_target(target: str) -> list[Function]:
             "them, or the app from ironflow.serve(...)",
             exit_code=2,
         )
-    if not candidates:
-        _fail(f"TARGET {target!r} holds no functions", exit_code=2)
-    for index, item in enumerate(candidates):
-        if not isinstance(item, Function):
-            _fail(
-                f"TARGET {target!r}[{index}] is a {type(item).__name__}, not an @ironflow.function",
-                exit_code=2,
-            )
-        if item.mode != "push":
-            _fail(
-                f"TARGET {target!r}: {item.id!r} is a pull-mode function; workers register those "
-                "themselves — declare it with mode='push' to serve it over HTTP",
-                exit_code=2,
-            )
-    return candidates
+    try:
+        return push_functions(candidates)
+    except ValueError as exc:  # the same checks client.register makes, reported against the TARGET
+        _fail(f"TARGET {target!r}: {exc}", exit_code=2)
 
 
 def _import_module(module_name: str, target: str) -> Any:

@@ -286,9 +286,11 @@ class PushDispatcher:
             failure.message,
             delay.total_seconds(),
         )
-        await self._jobs.defer_delivery(
+        deferred = await self._jobs.defer_delivery(
             lease, delay=delay, error={**error, "delivery_attempt": attempt}, endpoint=url
         )
+        if not deferred:
+            self._run_failures.pop(lease.run_id, None)  # cancelled or ended meanwhile: it will not return
 
     def _backoff(self, attempt: int) -> timedelta:
         """Exponential, the upper half jittered, so runs that failed together do not come back together."""
