@@ -45,7 +45,7 @@ from ironflow.services.scheduler import (
     SchedulerServiceRpc,
     SchedulerSettings,
 )
-from ironflow.services.subscription import SubscriptionServiceRpc
+from ironflow.services.subscription import SubscriptionEngine, SubscriptionServiceRpc, SubscriptionSettings
 from ironflow.services.worker_gateway import GatewaySettings, WorkerGateway, WorkerServiceRpc
 from ironflow.v1.events_connect import EventServiceASGIApplication
 from ironflow.v1.functions_connect import RegistryServiceASGIApplication
@@ -84,6 +84,7 @@ class EmbeddedServer:
         self._ingest: Ingest | None = None
         self._scheduler: Scheduler | None = None
         self._gateway: WorkerGateway | None = None
+        self._subscriptions: SubscriptionEngine | None = None
         self.app: ASGIApp | None = None
 
     async def start(self) -> None:
@@ -152,10 +153,20 @@ class EmbeddedServer:
                 lease_duration=settings.lease_duration, heartbeat_interval=settings.heartbeat_interval
             ),
         )
+        self._subscriptions = subscriptions = SubscriptionEngine(
+            db=db,
+            stream=stream,
+            settings=SubscriptionSettings(
+                firehose=firehose,
+                stream_prefix=settings.stream_prefix,
+                buffer_size=settings.subscriber_buffer,
+            ),
+        )
+        await subscriptions.start()
         await scheduler.start()
         await ingest.start()
         await gateway.start()
-        self.app = self._build_app(ingest, registry, scheduler, gateway)
+        self.app = self._build_app(ingest, registry, scheduler, gateway, subscriptions)
         for name in ("", *SERVICE_NAMES):
             self.health.set_status(name, SERVING)
         log.info(
@@ -163,7 +174,12 @@ class EmbeddedServer:
         )
 
     def _build_app(
-        self, ingest: Ingest, registry: Registry, scheduler: Scheduler, gateway: WorkerGateway
+        self,
+        ingest: Ingest,
+        registry: Registry,
+        scheduler: Scheduler,
+        gateway: WorkerGateway,
+        subscriptions: SubscriptionEngine,
     ) -> ASGIApp:
         interceptors = [ErrorInterceptor()]
         read_max = self.settings.max_payload_bytes + _READ_MAX_OVERHEAD
@@ -174,7 +190,9 @@ class EmbeddedServer:
             RegistryServiceASGIApplication(RegistryServiceRpc(registry), interceptors=interceptors),
             SchedulerServiceASGIApplication(SchedulerServiceRpc(scheduler), interceptors=interceptors),
             WorkerServiceASGIApplication(WorkerServiceRpc(gateway), interceptors=interceptors),
-            SubscriptionServiceASGIApplication(SubscriptionServiceRpc(), interceptors=interceptors),
+            SubscriptionServiceASGIApplication(
+                SubscriptionServiceRpc(subscriptions), interceptors=interceptors
+            ),
             health_asgi_app(self.health),
             *reflection_asgi_apps((*SERVICE_NAMES, HEALTH_SERVICE_NAME, *REFLECTION_SERVICE_NAMES)),
         ]
@@ -220,6 +238,8 @@ class EmbeddedServer:
             self.health.shutdown()
             if self._gateway is not None:
                 self._gateway.begin_shutdown()
+            if self._subscriptions is not None:
+                self._subscriptions.begin_shutdown()
 
         await serve(cast("Any", self.app), config, shutdown_trigger=drain, mode="asgi")
 
@@ -232,6 +252,8 @@ class EmbeddedServer:
             await self._ingest.stop()
         if self._scheduler is not None:
             await self._scheduler.stop()
+        if self._subscriptions is not None:
+            await self._subscriptions.stop()
         if self._stream is not None:
             await self._stream.close()
         if self._db is not None:

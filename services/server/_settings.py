@@ -40,6 +40,9 @@ class ServerSettings(BaseSettings):
     lease_duration: Annotated[timedelta, _duration("lease_duration")] = timedelta(seconds=30)
     # How often workers are asked to heartbeat (well inside the lease).
     heartbeat_interval: Annotated[timedelta, _duration("heartbeat_interval")] = timedelta(seconds=10)
+    # Messages a subscription may have waiting for its subscriber; a live subscriber that falls
+    # further behind is dropped (it can resume from its last sequence).
+    subscriber_buffer: int = Field(default=1000, ge=10, le=1_000_000)
     # Push mode: the key push requests are signed with (the same as the apps' ironflow.serve).
     signing_key: str | None = None
     # The longest a push request may take (a function's own timeout lowers it for that function).

@@ -44,6 +44,9 @@ class SubscriptionService(Protocol):
     async def list_topics(self, request: ironflow_dot_v1_dot_subscriptions__pb2.ListTopicsRequest, ctx: RequestContext) -> ironflow_dot_v1_dot_subscriptions__pb2.ListTopicsResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
+    async def get_topic_stats(self, request: ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsRequest, ctx: RequestContext) -> ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
 
 class SubscriptionServiceASGIApplication(ConnectASGIApplication[SubscriptionService]):
     def __init__(self, service: SubscriptionService | AsyncGenerator[SubscriptionService], *, interceptors: Iterable[Interceptor]=(), read_max_bytes: int | None = None, compressions: Iterable[Compression] | None = None) -> None:
@@ -139,6 +142,16 @@ class SubscriptionServiceASGIApplication(ConnectASGIApplication[SubscriptionServ
                         idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.list_topics,
+                ),
+                "/ironflow.v1.SubscriptionService/GetTopicStats": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetTopicStats",
+                        service_name="ironflow.v1.SubscriptionService",
+                        input=ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsRequest,
+                        output=ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                    ),
+                    function=svc.get_topic_stats,
                 ),
             },
             interceptors=interceptors,
@@ -339,6 +352,28 @@ class SubscriptionServiceClient(ConnectClient):
             use_get=use_get,
         )
 
+    async def get_topic_stats(
+        self,
+        request: ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetTopicStats",
+                service_name="ironflow.v1.SubscriptionService",
+                input=ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsRequest,
+                output=ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+
 
 class SubscriptionServiceSync(Protocol):
     def subscribe(self, request: ironflow_dot_v1_dot_subscriptions__pb2.SubscribeRequest, ctx: RequestContext) -> Iterator[ironflow_dot_v1_dot_subscriptions__pb2.SubscribeResponse]:
@@ -358,6 +393,8 @@ class SubscriptionServiceSync(Protocol):
     def replay_dead_letters(self, request: ironflow_dot_v1_dot_subscriptions__pb2.ReplayDeadLettersRequest, ctx: RequestContext) -> ironflow_dot_v1_dot_subscriptions__pb2.ReplayDeadLettersResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def list_topics(self, request: ironflow_dot_v1_dot_subscriptions__pb2.ListTopicsRequest, ctx: RequestContext) -> ironflow_dot_v1_dot_subscriptions__pb2.ListTopicsResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def get_topic_stats(self, request: ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsRequest, ctx: RequestContext) -> ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
 
@@ -454,6 +491,16 @@ class SubscriptionServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.list_topics,
+                ),
+                "/ironflow.v1.SubscriptionService/GetTopicStats": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetTopicStats",
+                        service_name="ironflow.v1.SubscriptionService",
+                        input=ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsRequest,
+                        output=ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                    ),
+                    function=service.get_topic_stats,
                 ),
             },
             interceptors=interceptors,
@@ -647,6 +694,28 @@ class SubscriptionServiceClientSync(ConnectClientSync):
                 service_name="ironflow.v1.SubscriptionService",
                 input=ironflow_dot_v1_dot_subscriptions__pb2.ListTopicsRequest,
                 output=ironflow_dot_v1_dot_subscriptions__pb2.ListTopicsResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+
+    def get_topic_stats(
+        self,
+        request: ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetTopicStats",
+                service_name="ironflow.v1.SubscriptionService",
+                input=ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsRequest,
+                output=ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsResponse,
                 idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,

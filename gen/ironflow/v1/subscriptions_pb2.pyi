@@ -148,7 +148,9 @@ class SubscribeRequest(_message.Message):
     replay: _builtins.int
     """Deliver the last N matching messages before going live [0, max 1000]."""
     start_after_sequence: _builtins.int
-    """Resume exactly after this sequence (takes precedence over replay)."""
+    """Resume exactly after this sequence (takes precedence over replay); 0 starts at the oldest
+    message the stream still holds. Unset: live messages only (after any replay).
+    """
     filter: _builtins.str
     """CEL expression over data, subject, name, namespace, timestamp, metadata (and `event`)."""
     ack: Global___AckMode.ValueType
@@ -163,16 +165,18 @@ class SubscribeRequest(_message.Message):
         *,
         patterns: _abc.Iterable[_builtins.str] | None = ...,
         replay: _builtins.int = ...,
-        start_after_sequence: _builtins.int = ...,
+        start_after_sequence: _builtins.int | None = ...,
         filter: _builtins.str = ...,
         ack: Global___AckMode.ValueType = ...,
         group: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_start_after_sequence", b"_start_after_sequence", "start_after_sequence", b"start_after_sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "filter", b"filter", "group", b"group", "patterns", b"patterns", "replay", b"replay", "start_after_sequence", b"start_after_sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start_after_sequence", b"_start_after_sequence", "ack", b"ack", "filter", b"filter", "group", b"group", "patterns", b"patterns", "replay", b"replay", "start_after_sequence", b"start_after_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__start_after_sequence: _TypeAlias = _typing.Literal["start_after_sequence"]  # noqa: Y015
+    _WhichOneofArgType__start_after_sequence: _TypeAlias = _typing.Literal["_start_after_sequence", b"_start_after_sequence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_after_sequence) -> _WhichOneofReturnType__start_after_sequence | None: ...
 
 Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
 
@@ -181,15 +185,19 @@ class Subscribed(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    START_AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     subscription_id: _builtins.str
+    start_after_sequence: _builtins.int
+    """Delivery starts after this stream sequence (a group member: 0, the group keeps its position)."""
     def __init__(
         self,
         *,
         subscription_id: _builtins.str = ...,
+        start_after_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription_id", b"subscription_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["start_after_sequence", b"start_after_sequence", "subscription_id", b"subscription_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -281,25 +289,57 @@ class SubscribeStreamResponse(_message.Message):
 
     SUBSCRIBED_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
+    ACK_FAILED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def subscribed(self) -> Global___Subscribed: ...
     @_builtins.property
     def event(self) -> Global___StreamMessage: ...
+    @_builtins.property
+    def ack_failed(self) -> Global___AckFailed:
+        """An ack command that could not be applied; the stream carries on."""
+
     def __init__(
         self,
         *,
         subscribed: Global___Subscribed | None = ...,
         event: Global___StreamMessage | None = ...,
+        ack_failed: Global___AckFailed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "subscribed", b"subscribed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack_failed", b"ack_failed", "event", b"event", "message", b"message", "subscribed", b"subscribed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "subscribed", b"subscribed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_failed", b"ack_failed", "event", b"event", "message", b"message", "subscribed", b"subscribed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["subscribed", "event"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["subscribed", "event", "ack_failed"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___SubscribeStreamResponse: _TypeAlias = SubscribeStreamResponse  # noqa: Y015
+
+@_typing.final
+class AckFailed(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    code: _builtins.str
+    """A gRPC status name: NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION, ..."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "event_id", b"event_id", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AckFailed: _TypeAlias = AckFailed  # noqa: Y015
 
 @_typing.final
 class AckRequest(_message.Message):
@@ -595,16 +635,24 @@ class ListTopicsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PATTERN_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
     pattern: _builtins.str
-    """Optional pattern to narrow the list."""
+    """Optional pattern to narrow the list (`events:order.*`, `topic:>`)."""
+    limit: _builtins.int
+    """At most this many topics, by subject [100, max 1000]."""
+    cursor: _builtins.str
+    """From a previous response's next_cursor."""
     def __init__(
         self,
         *,
         pattern: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pattern", b"pattern"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "limit", b"limit", "pattern", b"pattern"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -617,40 +665,101 @@ class TopicInfo(_message.Message):
     SUBJECT_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     LAST_MESSAGE_AT_FIELD_NUMBER: _builtins.int
+    FIRST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    FIRST_MESSAGE_AT_FIELD_NUMBER: _builtins.int
+    SUBSCRIBERS_FIELD_NUMBER: _builtins.int
     subject: _builtins.str
+    """`events:order.placed` or `topic:notifications.email`."""
     messages: _builtins.int
+    """Messages ever carried on this subject (since the stats were first kept)."""
+    first_sequence: _builtins.int
+    """Stream sequences of the first and last message."""
+    last_sequence: _builtins.int
+    subscribers: _builtins.int
+    """Live subscriptions whose patterns match the subject (on the replica that answered)."""
     @_builtins.property
     def last_message_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def first_message_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         subject: _builtins.str = ...,
         messages: _builtins.int = ...,
         last_message_at: _timestamp_pb2.Timestamp | None = ...,
+        first_sequence: _builtins.int = ...,
+        last_sequence: _builtins.int = ...,
+        first_message_at: _timestamp_pb2.Timestamp | None = ...,
+        subscribers: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_message_at", b"last_message_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_message_at", b"first_message_at", "last_message_at", b"last_message_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_message_at", b"last_message_at", "messages", b"messages", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_message_at", b"first_message_at", "first_sequence", b"first_sequence", "last_message_at", b"last_message_at", "last_sequence", b"last_sequence", "messages", b"messages", "subject", b"subject", "subscribers", b"subscribers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TopicInfo: _TypeAlias = TopicInfo  # noqa: Y015
 
 @_typing.final
+class GetTopicStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    subject: _builtins.str
+    """A subject, not a pattern: `events:order.placed`, `topic:notifications.email`."""
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTopicStatsRequest: _TypeAlias = GetTopicStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetTopicStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def topic(self) -> Global___TopicInfo: ...
+    def __init__(
+        self,
+        *,
+        topic: Global___TopicInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["topic", b"topic"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTopicStatsResponse: _TypeAlias = GetTopicStatsResponse  # noqa: Y015
+
+@_typing.final
 class ListTopicsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOPICS_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
     def topics(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopicInfo]: ...
     def __init__(
         self,
         *,
         topics: _abc.Iterable[Global___TopicInfo] | None = ...,
+        next_cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["topics", b"topics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_cursor", b"next_cursor", "topics", b"topics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

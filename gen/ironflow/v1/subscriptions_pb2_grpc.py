@@ -80,6 +80,11 @@ class SubscriptionServiceStub:
                 request_serializer=ironflow_dot_v1_dot_subscriptions__pb2.ListTopicsRequest.SerializeToString,
                 response_deserializer=ironflow_dot_v1_dot_subscriptions__pb2.ListTopicsResponse.FromString,
                 _registered_method=True)
+        self.GetTopicStats = channel.unary_unary(
+                '/ironflow.v1.SubscriptionService/GetTopicStats',
+                request_serializer=ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsRequest.SerializeToString,
+                response_deserializer=ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsResponse.FromString,
+                _registered_method=True)
 
 
 class SubscriptionServiceServicer:
@@ -139,7 +144,14 @@ class SubscriptionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTopics(self, request, context):
-        """Topics and event names seen recently, with counts.
+        """Event names and topics that have carried messages, with counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTopicStats(self, request, context):
+        """Counts, first and last sequence and time, and live subscribers of one subject.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,6 +204,11 @@ def add_SubscriptionServiceServicer_to_server(servicer, server):
                     servicer.ListTopics,
                     request_deserializer=ironflow_dot_v1_dot_subscriptions__pb2.ListTopicsRequest.FromString,
                     response_serializer=ironflow_dot_v1_dot_subscriptions__pb2.ListTopicsResponse.SerializeToString,
+            ),
+            'GetTopicStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTopicStats,
+                    request_deserializer=ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsRequest.FromString,
+                    response_serializer=ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -438,6 +455,33 @@ class SubscriptionService:
             '/ironflow.v1.SubscriptionService/ListTopics',
             ironflow_dot_v1_dot_subscriptions__pb2.ListTopicsRequest.SerializeToString,
             ironflow_dot_v1_dot_subscriptions__pb2.ListTopicsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTopicStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ironflow.v1.SubscriptionService/GetTopicStats',
+            ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsRequest.SerializeToString,
+            ironflow_dot_v1_dot_subscriptions__pb2.GetTopicStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

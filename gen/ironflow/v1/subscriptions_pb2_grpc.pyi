@@ -46,7 +46,9 @@ class SubscriptionServiceStub:
     ReplayDeadLetters: _grpc.UnaryUnaryMultiCallable[_subscriptions_pb2.ReplayDeadLettersRequest, _subscriptions_pb2.ReplayDeadLettersResponse]
     """Re-deliver dead-lettered messages of a group."""
     ListTopics: _grpc.UnaryUnaryMultiCallable[_subscriptions_pb2.ListTopicsRequest, _subscriptions_pb2.ListTopicsResponse]
-    """Topics and event names seen recently, with counts."""
+    """Event names and topics that have carried messages, with counts."""
+    GetTopicStats: _grpc.UnaryUnaryMultiCallable[_subscriptions_pb2.GetTopicStatsRequest, _subscriptions_pb2.GetTopicStatsResponse]
+    """Counts, first and last sequence and time, and live subscribers of one subject."""
 
 @_typing.type_check_only
 class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
@@ -66,7 +68,9 @@ class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
     ReplayDeadLetters: _aio.UnaryUnaryMultiCallable[_subscriptions_pb2.ReplayDeadLettersRequest, _subscriptions_pb2.ReplayDeadLettersResponse]  # type: ignore[assignment]
     """Re-deliver dead-lettered messages of a group."""
     ListTopics: _aio.UnaryUnaryMultiCallable[_subscriptions_pb2.ListTopicsRequest, _subscriptions_pb2.ListTopicsResponse]  # type: ignore[assignment]
-    """Topics and event names seen recently, with counts."""
+    """Event names and topics that have carried messages, with counts."""
+    GetTopicStats: _aio.UnaryUnaryMultiCallable[_subscriptions_pb2.GetTopicStatsRequest, _subscriptions_pb2.GetTopicStatsResponse]  # type: ignore[assignment]
+    """Counts, first and last sequence and time, and live subscribers of one subject."""
 
 class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
     """SubscriptionService streams everything that happens to real-time subscribers."""
@@ -137,6 +141,14 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _subscriptions_pb2.ListTopicsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_subscriptions_pb2.ListTopicsResponse, _abc.Awaitable[_subscriptions_pb2.ListTopicsResponse]]:
-        """Topics and event names seen recently, with counts."""
+        """Event names and topics that have carried messages, with counts."""
+
+    @_abc_1.abstractmethod
+    def GetTopicStats(
+        self,
+        request: _subscriptions_pb2.GetTopicStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscriptions_pb2.GetTopicStatsResponse, _abc.Awaitable[_subscriptions_pb2.GetTopicStatsResponse]]:
+        """Counts, first and last sequence and time, and live subscribers of one subject."""
 
 def add_SubscriptionServiceServicer_to_server(servicer: SubscriptionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

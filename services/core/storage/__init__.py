@@ -3,6 +3,7 @@
 from ._database import DEFAULT_SQLITE_URL, Database, is_transient
 from ._migrate import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
 from ._tables import (
+    consumer_groups,
     events,
     function_versions,
     functions,
@@ -11,6 +12,7 @@ from ._tables import (
     runs,
     schema_versions,
     steps,
+    topic_stats,
     waits,
 )
 from ._types import UTCDateTime
@@ -22,6 +24,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Database",
     "UTCDateTime",
+    "consumer_groups",
     "events",
     "function_versions",
     "functions",
@@ -34,5 +37,6 @@ __all__ = [
     "schema_version",
     "schema_versions",
     "steps",
+    "topic_stats",
     "waits",
 ]

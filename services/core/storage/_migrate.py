@@ -18,7 +18,16 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from ._database import Database
-from ._tables import events, metadata, push_endpoints, runs, schema_versions, waits
+from ._tables import (
+    consumer_groups,
+    events,
+    metadata,
+    push_endpoints,
+    runs,
+    schema_versions,
+    topic_stats,
+    waits,
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,11 @@ def _add_push_endpoints(conn: sa.Connection) -> None:
     push_endpoints.create(conn, checkfirst=True)
 
 
+def _add_subscriptions(conn: sa.Connection) -> None:
+    consumer_groups.create(conn, checkfirst=True)
+    topic_stats.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, functions, function versions, runs, steps, waits", _create_initial_tables),
     Migration(
@@ -66,6 +80,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(3, "waits for timers, events and child runs, indexed by match key", _reshape_waits),
     Migration(4, "circuit breaker state of push endpoints", _add_push_endpoints),
+    Migration(5, "consumer groups and topic statistics", _add_subscriptions),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -202,3 +202,33 @@ push_endpoints = sa.Table(
     sa.Column("last_error", JSONDocument, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# subscription: consumer groups created by CreateConsumerGroup (or by the first member to join one).
+# Their position and pending messages live in the stream's own consumer group (Redis keeps them across
+# restarts of the service); this row is what the group is. Added by migration 5.
+consumer_groups = sa.Table(
+    "consumer_groups",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("pattern", sa.String(1024), nullable=False),
+    sa.Column("filter", sa.Text, nullable=False),
+    # new, earliest, or a sequence as text.
+    sa.Column("start", sa.String(32), nullable=False),
+    sa.Column("ack_wait_ms", sa.BigInteger, nullable=False),
+    sa.Column("max_deliver", sa.Integer, nullable=False),
+    sa.Column("max_in_flight", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# subscription: what each event name and topic has carried, counted once per stream message by
+# whichever subscription replica reads it from the stats consumer group. Added by migration 5.
+topic_stats = sa.Table(
+    "topic_stats",
+    metadata,
+    sa.Column("subject", sa.String(300), primary_key=True),
+    sa.Column("messages", sa.BigInteger, nullable=False),
+    sa.Column("first_sequence", sa.BigInteger, nullable=False),
+    sa.Column("last_sequence", sa.BigInteger, nullable=False),
+    sa.Column("first_message_at", UTCDateTime, nullable=False),
+    sa.Column("last_message_at", UTCDateTime, nullable=False),
+)

@@ -83,6 +83,16 @@ class Stream(Protocol):
         """The newest `count` entries, oldest first."""
         ...
 
+    async def read_reverse(
+        self, stream: str, *, before: str | int | None = None, count: int = 100
+    ) -> list[StreamEntry]:
+        """Up to `count` entries with ids strictly before `before`, newest first.
+
+        `before=None` starts from the newest entry. Nothing precedes `0-0`, so that returns []. To scan
+        backwards, pass the id of the last entry returned as the next `before`.
+        """
+        ...
+
     async def tail(
         self, streams: Mapping[str, str | int], *, count: int = 100, block_ms: int | None = 1000
     ) -> list[tuple[str, StreamEntry]]:
@@ -104,6 +114,15 @@ class Stream(Protocol):
 
     async def destroy_group(self, stream: str, group: str) -> bool:
         """Drop the group and its pending list; False if there was no such group."""
+        ...
+
+    async def delete_consumer(self, stream: str, group: str, consumer: str) -> int:
+        """Remove `consumer` from `group`; returns how many pending entries it still owned.
+
+        Those entries are dropped from the pending list (Redis `XGROUP DELCONSUMER`), so they are
+        never redelivered: release them first (`set_idle`) if another consumer should take them over.
+        An unknown consumer owns nothing, so 0. NOT_FOUND without group.
+        """
         ...
 
     async def read_group(
@@ -130,6 +149,31 @@ class Stream(Protocol):
         self, stream: str, group: str, *, count: int = 100, consumer: str | None = None
     ) -> list[PendingEntry]:
         """The oldest `count` pending entries, optionally only `consumer`'s. NOT_FOUND without group."""
+        ...
+
+    async def pending_count(self, stream: str, group: str) -> int:
+        """How many entries the group's pending list holds, over all consumers. NOT_FOUND without group.
+
+        Entries trimmed from the stream count until a claim drops them, as on Redis.
+        """
+        ...
+
+    async def set_idle(
+        self, stream: str, group: str, consumer: str, ids: Sequence[str], *, idle_ms: int
+    ) -> list[str]:
+        """Make `consumer` the owner of each id pending in the group and set its idle time to `idle_ms`.
+
+        Unlike `claim_idle` this is not a delivery: the delivery count stays as it was. An entry then
+        becomes claimable by `claim_idle(min_idle_ms=m)` once `m - idle_ms` more milliseconds pass,
+        so idle 0 marks work in progress, `ack wait - delay` redelivers after `delay`, and a large
+        value releases an entry at once. `idle_ms` must not be negative; values above 10**12 (about 31
+        years: Redis counts delivery times from the Unix epoch) count as 10**12 on both backends.
+
+        Returns the ids that were pending, in the order given (canonical `0-<n>` form). Ids not
+        pending are skipped; entries trimmed from the stream since delivery are dropped from the
+        pending list and not returned, as `claim_idle` does. An empty `ids` returns [] without
+        looking at the group; otherwise NOT_FOUND without group.
+        """
         ...
 
     async def claim_idle(

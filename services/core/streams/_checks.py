@@ -31,6 +31,18 @@ def check_min_idle(min_idle_ms: int) -> None:
         raise invalid_argument("min_idle_ms", f"must not be negative, got {min_idle_ms}")
 
 
+# Redis sets an entry's delivery time to `now - IDLE` and treats a time before the Unix epoch as "now",
+# so an idle time longer than the epoch's age would silently become 0. About 31.7 years is always safe.
+MAX_IDLE_MS = 10**12
+
+
+def clamp_idle(idle_ms: int) -> int:
+    """`idle_ms` for `set_idle`: never negative, and capped at `MAX_IDLE_MS` on both backends alike."""
+    if idle_ms < 0:
+        raise invalid_argument("idle_ms", f"must not be negative, got {idle_ms}")
+    return min(idle_ms, MAX_IDLE_MS)
+
+
 def check_trim(maxlen: int | None, min_id: str | int | None) -> None:
     if (maxlen is None) == (min_id is None):
         raise invalid_argument("maxlen", "give exactly one of maxlen and min_id")

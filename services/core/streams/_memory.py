@@ -45,6 +45,10 @@ class _Pending:
     consumer: str
     delivered_at: float
     deliveries: int
+    # Idle time granted by `set_idle`, added to the clock's reading since `delivered_at`. Kept as whole
+    # milliseconds apart from the clock: `now - (now - 0.02)` is 19.999... ms in floats, which would
+    # make an entry set 20 ms idle invisible to a 20 ms claim.
+    idle_base_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -146,6 +150,17 @@ class MemoryStream:
             return []
         return log.entries[max(log.head, len(log.entries) - count) :]
 
+    async def read_reverse(
+        self, stream: str, *, before: str | int | None = None, count: int = 100
+    ) -> list[StreamEntry]:
+        _checks.check_count(count)
+        bound = _BEYOND_ALL if before is None else _from_bound(*parse_id(before, "before"))
+        log = self._logs.get(stream)
+        if log is None:
+            return []
+        end = bisect_left(log.seqs, bound, lo=log.head)
+        return log.entries[max(log.head, end - count) : end][::-1]
+
     async def tail(
         self, streams: Mapping[str, str | int], *, count: int = 100, block_ms: int | None = 1000
     ) -> list[tuple[str, StreamEntry]]:
@@ -190,6 +205,13 @@ class MemoryStream:
         # Blocked readers of this group must fail now, as they do on Redis, not at their timeout.
         self._notify(stream)
         return True
+
+    async def delete_consumer(self, stream: str, group: str, consumer: str) -> int:
+        _, state = self._group(stream, group)
+        owned = [seq for seq, p in state.pel.items() if p.consumer == consumer]
+        for seq in owned:
+            del state.pel[seq]
+        return len(owned)
 
     async def read_group(
         self,
@@ -243,6 +265,31 @@ class MemoryStream:
                 break
         return out
 
+    async def pending_count(self, stream: str, group: str) -> int:
+        _, state = self._group(stream, group)
+        return len(state.pel)
+
+    async def set_idle(
+        self, stream: str, group: str, consumer: str, ids: Sequence[str], *, idle_ms: int
+    ) -> list[str]:
+        idle = _checks.clamp_idle(idle_ms)
+        parsed = [parse_id(one, "ids") for one in ids]
+        if not parsed:
+            return []
+        log, state = self._group(stream, group)
+        now = self._monotonic()
+        moved: list[str] = []
+        for ms, n in parsed:
+            p = state.pel.get(n) if ms == 0 else None
+            if p is None:
+                continue
+            if not log.contains(n):
+                del state.pel[n]
+                continue
+            p.consumer, p.delivered_at, p.idle_base_ms = consumer, now, idle
+            moved.append(sequence_to_entry_id(n))
+        return moved
+
     async def claim_idle(
         self,
         stream: str,
@@ -266,6 +313,7 @@ class MemoryStream:
                 del state.pel[seq]
                 continue
             p.consumer, p.delivered_at, p.deliveries = consumer, now, p.deliveries + 1
+            p.idle_base_ms = 0
             entry = log.entries[bisect_left(log.seqs, seq, lo=log.head)]
             claimed.append(GroupEntry(entry, p.deliveries))
             if len(claimed) == count:
@@ -281,7 +329,7 @@ class MemoryStream:
 
     @staticmethod
     def _idle_ms(p: _Pending, now: float) -> int:
-        return max(0, int((now - p.delivered_at) * 1000))
+        return p.idle_base_ms + max(0, int((now - p.delivered_at) * 1000))
 
     # -- maintenance -----------------------------------------------------------------------------
 

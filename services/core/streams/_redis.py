@@ -59,6 +59,15 @@ end
 return redis.call('XGROUP', 'DESTROY', KEYS[1], ARGV[1])
 """
 
+# XGROUP DELCONSUMER on a missing key fails with its own wording rather than NOGROUP; answering NOGROUP
+# from the script keeps the mapping to NOT_FOUND in `_errors`.
+_DELETE_CONSUMER_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply("NOGROUP No such key '" .. KEYS[1] .. "' or consumer group '" .. ARGV[1] .. "'")
+end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+"""
+
 _MAX_ID = (1 << 64) - 1
 
 
@@ -70,6 +79,7 @@ class RedisStream:
         self._redis = client
         self._claim = client.register_script(_CLAIM_SCRIPT)
         self._destroy = client.register_script(_DESTROY_SCRIPT)
+        self._delete_consumer = client.register_script(_DELETE_CONSUMER_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str) -> RedisStream:
@@ -124,6 +134,20 @@ class RedisStream:
             rows = await self._redis.xrevrange(stream, max="+", min="-", count=count)
         return _entries(rows)[::-1]
 
+    async def read_reverse(
+        self, stream: str, *, before: str | int | None = None, count: int = 100
+    ) -> list[StreamEntry]:
+        _checks.check_count(count)
+        newest = "+"
+        if before is not None:
+            ms, n = parse_id(before, "before")
+            if ms == n == 0:
+                return []  # nothing precedes the smallest id, and Redis rejects "(" on it
+            newest = f"({format_id(ms, n)}"
+        with _errors():
+            rows = await self._redis.xrevrange(stream, max=newest, min="-", count=count)
+        return _entries(rows)
+
     async def tail(
         self, streams: Mapping[str, str | int], *, count: int = 100, block_ms: int | None = 1000
     ) -> list[tuple[str, StreamEntry]]:
@@ -159,6 +183,10 @@ class RedisStream:
         with _errors():
             destroyed = await self._destroy(keys=[stream], args=[group])
         return bool(destroyed)
+
+    async def delete_consumer(self, stream: str, group: str, consumer: str) -> int:
+        with _errors(stream, group):
+            return int(await self._delete_consumer(keys=[stream], args=[group, consumer]))
 
     async def read_group(
         self,
@@ -202,6 +230,24 @@ class RedisStream:
             )
             for row in rows
         ]
+
+    async def pending_count(self, stream: str, group: str) -> int:
+        with _errors(stream, group):
+            summary = await self._redis.xpending(stream, group)
+        return int(summary["pending"])
+
+    async def set_idle(
+        self, stream: str, group: str, consumer: str, ids: Sequence[str], *, idle_ms: int
+    ) -> list[str]:
+        idle = _checks.clamp_idle(idle_ms)
+        canonical: list[StreamIdT] = [format_id(*parse_id(one, "ids")) for one in ids]
+        if not canonical:
+            return []
+        # Minimum idle 0 takes every listed id that is pending; JUSTID leaves the delivery count alone
+        # (and, as for XAUTOCLAIM, Redis 7 drops ids trimmed from the stream from the pending list).
+        with _errors(stream, group):
+            moved = await self._redis.xclaim(stream, group, consumer, 0, canonical, idle=idle, justid=True)
+        return [str(one) for one in moved]
 
     async def claim_idle(
         self,
