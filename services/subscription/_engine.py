@@ -92,6 +92,8 @@ class SubscriptionEngine:
         self._subscriptions: dict[str, Subscription] = {}
         self._runtimes: dict[str, GroupRuntime] = {}
         self._stopping = False
+        # Set by `begin_shutdown`: edges holding idle connections (WebSocket) close them on it.
+        self.stopping = asyncio.Event()
 
     async def start(self) -> None:
         await self.hub.start()
@@ -101,6 +103,7 @@ class SubscriptionEngine:
     def begin_shutdown(self) -> None:
         """End every subscription (their calls finish) and refuse new ones."""
         self._stopping = True
+        self.stopping.set()
         for subscription in list(self._subscriptions.values()):
             subscription.end(SERVER_STOPPING)
 
@@ -185,7 +188,10 @@ class SubscriptionEngine:
         """The sequence delivery starts after: an explicit one, the replay's, or the live position."""
         if spec.start_after_sequence is not None:
             return spec.start_after_sequence
-        position = self.hub.position
+        # The stream's tail now, not the hub's position: the hub may not have read the newest yet, and
+        # "live" means what is appended after this call.
+        newest = await self._stream.read_last(self.settings.firehose, 1)
+        position = max(self.hub.position, newest[-1].sequence if newest else 0)
         if spec.replay <= 0:
             return position
         # Walk back from the live position until `replay` matching messages are found.

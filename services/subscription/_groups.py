@@ -34,6 +34,7 @@ from ironflow.services.core.errors import ErrorCode, ServiceError
 from ironflow.services.core.firehose import DEFAULT_FIREHOSE_MAXLEN, FirehoseMessage
 from ironflow.services.core.ids import IdSource, utc_now
 from ironflow.services.core.streams import GroupEntry, Stream
+from ironflow.services.core.tasks import stop_task
 
 from ._group_store import dead_letter_subject
 from ._messages import ORIGINAL_SEQUENCE_FIELD, AckMode, Delivery, Selector, Settle, nak_delay
@@ -42,6 +43,8 @@ from ._subscription import SERVER_STOPPING, Subscription
 log = logging.getLogger("ironflow.subscription")
 
 _FETCH_BLOCK_MS = 500
+# Messages a member reads ahead of its subscriber (see `GroupMember.room`).
+_PREFETCH = 64
 _RETRY_DELAY_S = 1.0
 _MAX_SWEEP_INTERVAL_S = 1.0
 _MIN_SWEEP_INTERVAL_S = 0.02
@@ -130,9 +133,8 @@ class GroupRuntime:
     async def remove(self, member: GroupMember) -> None:
         self.members.pop(member.id, None)
         if not self.members and self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
-            self._sweeper = None
+            sweeper, self._sweeper = self._sweeper, None
+            await stop_task(sweeper)
         else:
             self.wake()
 
@@ -209,7 +211,31 @@ class GroupRuntime:
             # It left while we claimed for it: hand these back for the next sweep.
             await self.release(key, [one.entry.id for one in live])
             return
-        await member.accept(key, live)
+        # A redelivery goes to another member where there is one: the first may be stuck on it.
+        keep: list[GroupEntry] = []
+        moved: dict[str, list[GroupEntry]] = {}
+        for one in live:
+            event_id = one.entry.fields.get("event_id", "")
+            other = self._other_member(member, moved) if member.holds(event_id) else None
+            if other is None:
+                keep.append(one)
+                continue
+            member.forget(event_id)
+            moved.setdefault(other.id, []).append(one)
+        for other_id, entries in moved.items():
+            other = self.members[other_id]
+            ids = [one.entry.id for one in entries]
+            await self._stream.set_idle(key, self.keys.stream_group, other.id, ids, idle_ms=0)
+            await other.accept(key, entries)
+        await member.accept(key, keep)
+
+    def _other_member(self, member: GroupMember, planned: dict[str, list[GroupEntry]]) -> GroupMember | None:
+        candidates = [
+            other
+            for other in self.members.values()
+            if other is not member and other.room() > len(planned.get(other.id, ()))
+        ]
+        return max(candidates, key=lambda other: other.room(), default=None)
 
     async def _refresh_deferred(self) -> None:
         if not self._deferred:
@@ -337,7 +363,9 @@ class GroupMember(Subscription):
         """How many more messages this member may be given now."""
         if self.closed or self.ended is not None:
             return 0
-        free = self._buffer.maxsize - self._buffer.qsize()
+        # Members fetch a little ahead of their subscriber, not a whole buffer: what one member has
+        # buffered is out of reach of the others, so a deep prefetch would starve them.
+        free = min(self._buffer.maxsize, _PREFETCH) - self._buffer.qsize()
         return max(0, min(free, self.runtime.limits.max_in_flight - len(self._held)))
 
     async def accept(self, key: str, entries: list[GroupEntry]) -> None:
@@ -358,6 +386,14 @@ class GroupMember(Subscription):
             await self._stream.ack(key, self.runtime.keys.stream_group, unwanted)
         if overflow:
             await self.runtime.release(key, overflow)
+
+    def holds(self, event_id: str) -> bool:
+        return event_id in self._held
+
+    def forget(self, event_id: str) -> None:
+        """The message went to another member: its ack no longer belongs here."""
+        if self._held.pop(event_id, None) is not None:
+            self._room_changed.set()
 
     def _taken(self, delivery: Delivery) -> None:
         if self.ack_mode is AckMode.AUTO:
@@ -400,7 +436,7 @@ class GroupMember(Subscription):
 
     async def _fetch_forever(self) -> None:
         group = self.runtime.keys.stream_group
-        while True:
+        while not self.closed:
             try:
                 await self._flush_acks()
                 room = self.room()
@@ -418,6 +454,9 @@ class GroupMember(Subscription):
                         key, group, self.id, count=room, block_ms=_FETCH_BLOCK_MS
                     )
                 await self.accept(key, got)
+                # Reads from the in-process stream do not suspend while messages are waiting: yield,
+                # so the group's other members get their turn.
+                await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise
             except ServiceError as exc:
@@ -433,9 +472,7 @@ class GroupMember(Subscription):
                 await asyncio.sleep(_RETRY_DELAY_S)
 
     async def _closing(self) -> None:
-        if self._fetcher is not None:
-            self._fetcher.cancel()
-            await asyncio.gather(self._fetcher, return_exceptions=True)
+        await stop_task(self._fetcher)
         try:
             await self._flush_acks()
             if not self.runtime.deleted:

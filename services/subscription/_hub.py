@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from ironflow.services.core.errors import ErrorCode, ServiceError
 from ironflow.services.core.streams import Stream
+from ironflow.services.core.tasks import stop_task
 
 from ._messages import AckMode, Delivery, Selector
 from ._subscription import SERVER_STOPPING, Subscription
@@ -83,6 +84,7 @@ class Hub:
         # The last sequence read from the stream and offered to every registered subscription.
         self.position = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def subscriptions(self) -> list[LiveSubscription]:
@@ -94,9 +96,8 @@ class Hub:
         self._task = asyncio.create_task(self._tail_forever(), name="subscription-hub")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._stopping = True
+        await stop_task(self._task)
         for subscription in self.subscriptions:
             subscription.end(SERVER_STOPPING)
         self._subscriptions.clear()
@@ -125,7 +126,7 @@ class Hub:
                     await subscription._buffer.put(message)
 
     async def _tail_forever(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 found = await self._stream.tail(
                     {self._firehose: self.position}, count=_READ_BATCH, block_ms=_TAIL_BLOCK_MS

@@ -26,6 +26,7 @@ from ironflow.services.core.firehose import FirehoseMessage
 from ironflow.services.core.storage import Database, topic_stats
 from ironflow.services.core.streams import GroupEntry, Stream
 from ironflow.services.core.subjects import SYSTEM_NAMESPACE, Pattern, split_subject
+from ironflow.services.core.tasks import stop_task
 
 log = logging.getLogger("ironflow.subscription")
 
@@ -74,15 +75,15 @@ class TopicCounter:
         self._firehose = firehose
         self._consumer = consumer
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         await self._stream.create_group(self._firehose, STATS_GROUP, start="$")
         self._task = asyncio.create_task(self._count_forever(), name="topic-stats")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._stopping = True
+        await stop_task(self._task)
 
     async def count_once(self, *, block_ms: int | None = None) -> int:
         """Fold one batch (orphans of a dead reader first); returns how many messages it held."""
@@ -99,7 +100,7 @@ class TopicCounter:
         return len(batch)
 
     async def _count_forever(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.count_once(block_ms=_BLOCK_MS)
             except asyncio.CancelledError:
