@@ -17,6 +17,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from sqlalchemy.engine import make_url
 
+from ironflow.services.core.disconnect import watch_disconnects
 from ironflow.services.core.errors import invalid_argument
 from ironflow.services.core.firehose import firehose_key
 from ironflow.services.core.grpc_health import HEALTH_SERVICE_NAME, SERVING, HealthService, health_asgi_app
@@ -45,7 +46,12 @@ from ironflow.services.scheduler import (
     SchedulerServiceRpc,
     SchedulerSettings,
 )
-from ironflow.services.subscription import SubscriptionEngine, SubscriptionServiceRpc, SubscriptionSettings
+from ironflow.services.subscription import (
+    SubscriptionEngine,
+    SubscriptionServiceRpc,
+    SubscriptionSettings,
+    WebSocketApp,
+)
 from ironflow.services.worker_gateway import GatewaySettings, WorkerGateway, WorkerServiceRpc
 from ironflow.v1.events_connect import EventServiceASGIApplication
 from ironflow.v1.functions_connect import RegistryServiceASGIApplication
@@ -196,11 +202,18 @@ class EmbeddedServer:
             health_asgi_app(self.health),
             *reflection_asgi_apps((*SERVICE_NAMES, HEALTH_SERVICE_NAME, *REFLECTION_SERVICE_NAMES)),
         ]
-        services: Sequence[tuple[str, ASGIApp]] = [(app.path, cast("ASGIApp", app)) for app in apps]
+        # Subscription streams sit idle for long stretches: let them notice a client that left.
+        services: Sequence[tuple[str, ASGIApp]] = [
+            (app.path, watch_disconnects(cast("ASGIApp", app))) for app in apps
+        ]
         rest = EventsRestApp(ingest, max_payload_bytes=self.settings.max_payload_bytes)
         return Router(
             [*services, ("/api/v1/events", rest), ("/api/v1/runs", RunsRestApp(scheduler))],
-            exact=[("/health", json_endpoint(self._liveness)), ("/ready", json_endpoint(self._readiness))],
+            exact=[
+                ("/health", json_endpoint(self._liveness)),
+                ("/ready", json_endpoint(self._readiness)),
+                ("/ws", WebSocketApp(subscriptions)),
+            ],
         )
 
     async def _liveness(self) -> tuple[int, object]:

@@ -4,6 +4,7 @@ from ._engine import GroupInfo, SubscriptionEngine, SubscriptionSettings, group_
 from ._messages import AckMode, Delivery, Settle, SubscribeSpec
 from ._rpc import SubscriptionServiceRpc
 from ._subscription import Subscription
+from ._ws import WebSocketApp
 
 __all__ = [
     "AckMode",
@@ -15,5 +16,6 @@ __all__ = [
     "SubscriptionEngine",
     "SubscriptionServiceRpc",
     "SubscriptionSettings",
+    "WebSocketApp",
     "group_config",
 ]

@@ -85,16 +85,23 @@ class GroupConfig:
             raise invalid_argument("group.pattern", "a consumer group needs a pattern")
         pattern = str(Pattern.parse(pattern, field="group.pattern"))
         Selector.compile([pattern], filter_text, patterns_field="group.pattern", filter_field="group.filter")
-        wait = ack_wait if ack_wait else DEFAULT_ACK_WAIT
+        # Unset (None) takes the default; an explicit zero is an error, not a silent default.
+        wait = ack_wait if ack_wait is not None else DEFAULT_ACK_WAIT
         if not MIN_ACK_WAIT <= wait <= MAX_ACK_WAIT:
             raise invalid_argument(
                 "group.ack_wait",
                 f"must be between {MIN_ACK_WAIT.total_seconds():g}s and {MAX_ACK_WAIT.total_seconds():g}s",
             )
         if not 0 <= max_deliver <= MAX_MAX_DELIVER:
-            raise invalid_argument("group.max_deliver", f"must be between 1 and {MAX_MAX_DELIVER}")
+            raise invalid_argument(
+                "group.max_deliver",
+                f"must be between 1 and {MAX_MAX_DELIVER} (0 or unset: {DEFAULT_MAX_DELIVER})",
+            )
         if not 0 <= max_in_flight <= MAX_MAX_IN_FLIGHT:
-            raise invalid_argument("group.max_in_flight", f"must be between 1 and {MAX_MAX_IN_FLIGHT}")
+            raise invalid_argument(
+                "group.max_in_flight",
+                f"must be between 1 and {MAX_MAX_IN_FLIGHT} (0 or unset: {DEFAULT_MAX_IN_FLIGHT})",
+            )
         return cls(
             name=name,
             pattern=pattern,

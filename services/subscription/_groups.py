@@ -472,6 +472,7 @@ class GroupMember(Subscription):
                 await asyncio.sleep(_RETRY_DELAY_S)
 
     async def _closing(self) -> None:
+        self._room_changed.set()  # a fetch loop waiting for room sees it is closed
         await stop_task(self._fetcher)
         try:
             await self._flush_acks()

@@ -12,6 +12,7 @@ from typing import Any
 from connectrpc.request import RequestContext
 from google.protobuf import duration_pb2
 
+from ironflow.services.core.disconnect import client_gone
 from ironflow.services.core.errors import ServiceError, invalid_argument
 from ironflow.services.core.protojson import dict_to_struct, to_timestamp
 from ironflow.v1 import subscriptions_pb2 as pb
@@ -30,7 +31,7 @@ _ACK_MODES = {
     pb.ACK_MODE_AUTO: AckMode.AUTO,
     pb.ACK_MODE_MANUAL: AckMode.MANUAL,
 }
-_ACTIONS = {
+_ACTIONS: dict[int, Settle] = {
     pb.ACK_ACTION_UNSPECIFIED: Settle.ACK,
     pb.ACK_ACTION_ACK: Settle.ACK,
     pb.ACK_ACTION_NAK: Settle.NAK,
@@ -47,7 +48,7 @@ class SubscriptionServiceRpc(SubscriptionService):
         subscription = await self._engine.subscribe(spec_from_proto(request))
         try:
             yield pb.SubscribeResponse(subscribed=_subscribed(subscription))
-            async for delivery in subscription:
+            async for delivery in _until_client_leaves(subscription):
                 yield pb.SubscribeResponse(event=message_to_proto(delivery))
         finally:
             await self._engine.unsubscribe(subscription)
@@ -156,6 +157,26 @@ class SubscriptionServiceRpc(SubscriptionService):
         return pb.GetTopicStatsResponse(topic=topic_to_proto(topic, subscribers))
 
 
+async def _until_client_leaves(subscription: Subscription) -> AsyncIterator[Delivery]:
+    """Deliveries until the subscription ends or the client disconnects, even while idle."""
+    gone = client_gone()
+    if gone is None:
+        async for delivery in subscription:
+            yield delivery
+        return
+    left = asyncio.ensure_future(gone.wait())
+    try:
+        while True:
+            following = asyncio.ensure_future(subscription.next())
+            await asyncio.wait({following, left}, return_when=asyncio.FIRST_COMPLETED)
+            if not following.done():
+                following.cancel()
+                return
+            yield following.result()
+    finally:
+        left.cancel()
+
+
 async def _merge(
     subscription: Subscription, failures: asyncio.Queue[pb.AckFailed], reader: asyncio.Task[None]
 ) -> AsyncIterator[Delivery | pb.AckFailed]:
@@ -252,9 +273,10 @@ def _subscribed(subscription: Subscription) -> pb.Subscribed:
 
 
 def _action(action: int) -> Settle:
-    if action not in _ACTIONS:
+    settle = _ACTIONS.get(action)
+    if settle is None:
         raise invalid_argument("action", f"unknown ack action {action}")
-    return _ACTIONS[action]
+    return settle
 
 
 def _delay(command: pb.AckCommand | pb.AckRequest) -> timedelta | None:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -144,13 +145,22 @@ class TopicCounter:
             await conn.execute(
                 statement.on_conflict_do_update(
                     index_elements=[topic_stats.c.subject],
+                    # Replicas may fold batches out of order: the last message is the greatest.
                     set_={
                         "messages": topic_stats.c.messages + statement.excluded.messages,
-                        "last_sequence": statement.excluded.last_sequence,
-                        "last_message_at": statement.excluded.last_message_at,
+                        "last_sequence": _greatest(
+                            topic_stats.c.last_sequence, statement.excluded.last_sequence
+                        ),
+                        "last_message_at": _greatest(
+                            topic_stats.c.last_message_at, statement.excluded.last_message_at
+                        ),
                     },
                 )
             )
+
+
+def _greatest(current: Any, incoming: Any) -> Any:
+    return sa.case((incoming > current, incoming), else_=current)
 
 
 class TopicQueries:
@@ -178,7 +188,8 @@ class TopicQueries:
         wanted = Pattern.parse(pattern, field="pattern") if pattern else None
         found: list[TopicStats] = []
         after = cursor
-        while len(found) < limit:
+        # One more than the page, so a full last page is known to be the last (empty next_cursor).
+        while len(found) <= limit:
             async with self._db.reading() as conn:
                 rows = (
                     await conn.execute(
@@ -189,14 +200,16 @@ class TopicQueries:
                     )
                 ).all()
             if not rows:
-                return found, ""
+                break
             for row in rows:
                 after = row.subject
                 if wanted is None or wanted.matches(row.subject):
                     found.append(_stats(row))
-                    if len(found) == limit:
+                    if len(found) > limit:
                         break
-        return found, found[-1].subject
+        if len(found) > limit:
+            return found[:limit], found[limit - 1].subject
+        return found, ""
 
 
 def _stats(row: sa.Row[object]) -> TopicStats:
