@@ -2,8 +2,8 @@
 
 Cancelling a task blocked in a Redis read is not always enough on its own: when the cancellation
 lands as the read's own timeout fires, the client can turn it into an ordinary timeout and the loop
-reads again. So every such loop also checks a stop flag between reads (it returns within one block
-interval), and `stop_task` waits a bounded time rather than forever.
+reads again. So every such loop also checks `cancel_requested()` (or a stop flag) between reads, and
+`stop_task` waits a bounded time rather than forever.
 """
 
 from __future__ import annotations
@@ -12,6 +12,12 @@ import asyncio
 import logging
 
 log = logging.getLogger("ironflow.tasks")
+
+
+def cancel_requested() -> bool:
+    """True once the running task was asked to cancel, even if a library swallowed the CancelledError."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def stop_task(task: asyncio.Task[object] | None, *, grace: float = 5.0) -> None:

@@ -34,7 +34,7 @@ from ironflow.services.core.errors import ErrorCode, ServiceError
 from ironflow.services.core.firehose import DEFAULT_FIREHOSE_MAXLEN, FirehoseMessage
 from ironflow.services.core.ids import IdSource, utc_now
 from ironflow.services.core.streams import GroupEntry, Stream
-from ironflow.services.core.tasks import stop_task
+from ironflow.services.core.tasks import cancel_requested, stop_task
 
 from ._group_store import dead_letter_subject
 from ._messages import ORIGINAL_SEQUENCE_FIELD, AckMode, Delivery, Selector, Settle, nak_delay
@@ -168,7 +168,7 @@ class GroupRuntime:
         return min(_MAX_SWEEP_INTERVAL_S, max(_MIN_SWEEP_INTERVAL_S, quarter))
 
     async def _sweep_forever(self) -> None:
-        while True:
+        while not cancel_requested():
             try:
                 await self.sweep()
             except asyncio.CancelledError:
@@ -436,7 +436,7 @@ class GroupMember(Subscription):
 
     async def _fetch_forever(self) -> None:
         group = self.runtime.keys.stream_group
-        while not self.closed:
+        while not self.closed and not cancel_requested():
             try:
                 await self._flush_acks()
                 room = self.room()

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from ironflow.services.core.errors import ErrorCode, ServiceError
 from ironflow.services.core.streams import Stream
-from ironflow.services.core.tasks import stop_task
+from ironflow.services.core.tasks import cancel_requested, stop_task
 
 from ._messages import AckMode, Delivery, Selector
 from ._subscription import SERVER_STOPPING, Subscription
@@ -126,7 +126,7 @@ class Hub:
                     await subscription._buffer.put(message)
 
     async def _tail_forever(self) -> None:
-        while not self._stopping:
+        while not self._stopping and not cancel_requested():
             try:
                 found = await self._stream.tail(
                     {self._firehose: self.position}, count=_READ_BATCH, block_ms=_TAIL_BLOCK_MS

@@ -27,7 +27,7 @@ from ironflow.services.core.firehose import FirehoseMessage
 from ironflow.services.core.storage import Database, topic_stats
 from ironflow.services.core.streams import GroupEntry, Stream
 from ironflow.services.core.subjects import SYSTEM_NAMESPACE, Pattern, split_subject
-from ironflow.services.core.tasks import stop_task
+from ironflow.services.core.tasks import cancel_requested, stop_task
 
 log = logging.getLogger("ironflow.subscription")
 
@@ -101,7 +101,7 @@ class TopicCounter:
         return len(batch)
 
     async def _count_forever(self) -> None:
-        while not self._stopping:
+        while not self._stopping and not cancel_requested():
             try:
                 await self.count_once(block_ms=_BLOCK_MS)
             except asyncio.CancelledError:
