@@ -135,6 +135,8 @@ class SubscriptionEngine:
             else:
                 subscription = self._go_live(subscription_id, selector, after)
         self._subscriptions[subscription.id] = subscription
+        if self._stopping:
+            subscription.end(SERVER_STOPPING)  # shutdown began while this one was being set up
         return subscription
 
     async def unsubscribe(self, subscription: Subscription) -> None:

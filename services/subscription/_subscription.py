@@ -47,9 +47,10 @@ class Subscription:
         """The next message; raises the ServiceError that ended the subscription, if one did."""
         if self._closed:
             raise ServiceError(ErrorCode.CANCELLED, f"subscription {self.id} is closed")
+        if self._ended is not None:
+            raise self._ended  # every call after the end sees it, whatever is still buffered
         item = await self._buffer.get()
         if isinstance(item, ServiceError):
-            self._buffer.put_nowait(item)  # every later call sees the same end
             raise item
         self.last_sequence = item.sequence
         self._taken(item)

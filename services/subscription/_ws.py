@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import json
 import logging
 import uuid
@@ -74,11 +73,6 @@ class WebSocketApp:
         await connection.serve(receive)
 
 
-class _End(enum.Enum):
-    DISCONNECTED = "disconnected"
-    STOPPING = "stopping"
-
-
 class _Connection:
     def __init__(self, engine: SubscriptionEngine, send: Send, queue_size: int, limit: int) -> None:
         self._engine = engine
@@ -91,15 +85,15 @@ class _Connection:
     async def serve(self, receive: Receive) -> None:
         writer = asyncio.create_task(self._write())
         try:
-            if await self._run(receive, writer) is _End.STOPPING:
+            if await self._run(receive, writer):
                 await self._say_goodbye(writer)
         finally:
             writer.cancel()
             await self._release_all()
             await asyncio.gather(writer, return_exceptions=True)
 
-    async def _run(self, receive: Receive, writer: asyncio.Task[None]) -> _End:
-        """Handle frames until the client leaves or the server stops; reap pumps as they end."""
+    async def _run(self, receive: Receive, writer: asyncio.Task[None]) -> bool:
+        """Handle frames until the client leaves (False) or the server stops (True); reap pumps."""
         stopping = asyncio.ensure_future(self._engine.stopping.wait())
         incoming = asyncio.ensure_future(receive())
         try:
@@ -110,14 +104,14 @@ class _Connection:
                 if incoming in done:
                     message = incoming.result()
                     if message["type"] == "websocket.disconnect":
-                        return _End.DISCONNECTED
+                        return False
                     await self._handle(message)
                     incoming = asyncio.ensure_future(receive())
                 elif stopping in done:
-                    return _End.STOPPING
+                    return True
                 elif writer in done:
                     log.warning("WebSocket writer failed (%r); dropping the connection", writer.exception())
-                    return _End.DISCONNECTED
+                    return False
         finally:
             incoming.cancel()
             stopping.cancel()
@@ -127,7 +121,7 @@ class _Connection:
         for subscription_id, pump in list(self._pumps.items()):
             if pump.done():
                 del self._pumps[subscription_id]
-                await self._engine.unsubscribe(self._subscriptions.pop(subscription_id))
+                await self._forget(self._subscriptions.pop(subscription_id))
 
     async def _say_goodbye(self, writer: asyncio.Task[None]) -> None:
         """The server is stopping: let the pumps report their end, flush, close with 1012."""
@@ -145,8 +139,14 @@ class _Connection:
         await asyncio.gather(*self._pumps.values(), return_exceptions=True)
         self._pumps.clear()
         for subscription in self._subscriptions.values():
-            await self._engine.unsubscribe(subscription)
+            await self._forget(subscription)
         self._subscriptions.clear()
+
+    async def _forget(self, subscription: Subscription) -> None:
+        try:
+            await self._engine.unsubscribe(subscription)
+        except Exception:  # the engine's stop() releases whatever is left; keep the socket's others
+            log.exception("could not unsubscribe %s", subscription.id)
 
     # -- the socket's two directions ---------------------------------------------------------------
 
@@ -162,11 +162,14 @@ class _Connection:
         await self._outgoing.put(frame)
 
     async def _pump(self, subscription: Subscription) -> None:
+        """Deliveries to the socket until the server ends the subscription; then why it ended."""
         try:
             async for delivery in subscription:
                 await self._emit(event_frame(subscription.id, delivery))
         except ServiceError as exc:
             await self._emit(error_frame(exc, {"subscription_id": subscription.id}))
+        except Exception as exc:  # noqa: BLE001 - logged by _internal; the client gets a trace id
+            await self._emit(error_frame(_internal(exc), {"subscription_id": subscription.id}))
 
     async def _handle(self, message: Message) -> None:
         context: Frame = {}
@@ -177,11 +180,8 @@ class _Connection:
             await self._dispatch(frame, context)
         except ServiceError as exc:
             await self._emit(error_frame(exc, context))
-        except Exception as exc:  # a client sees INTERNAL with a trace id, the log the rest
-            trace_id = uuid.uuid4().hex
-            log.error("unexpected error handling a WebSocket frame (trace id %s)", trace_id, exc_info=exc)
-            internal = ServiceError(ErrorCode.INTERNAL, f"internal error (trace id {trace_id})")
-            await self._emit(error_frame(internal, context))
+        except Exception as exc:  # noqa: BLE001 - logged by _internal; the client gets a trace id
+            await self._emit(error_frame(_internal(exc), context))
 
     async def _dispatch(self, frame: Frame, context: Frame) -> None:
         kind = frame["type"]
@@ -312,6 +312,12 @@ def event_frame(subscription_id: str, delivery: Delivery) -> Frame:
 
 def error_frame(exc: ServiceError, context: Frame) -> Frame:
     return {"type": "error", **context, "code": exc.code.value.lower(), "message": exc.message}
+
+
+def _internal(exc: Exception) -> ServiceError:
+    trace_id = uuid.uuid4().hex
+    log.error("unexpected error on a WebSocket (trace id %s)", trace_id, exc_info=exc)
+    return ServiceError(ErrorCode.INTERNAL, f"internal error (trace id {trace_id})")
 
 
 def _optional_string(frame: Frame, name: str) -> str | None:
