@@ -10,6 +10,8 @@ async def order_handler(ctx: ironflow.Context):
 
 await ironflow.Worker(functions=[order_handler]).run()      # pull mode (or worker.start() in an app)
 app = ironflow.serve(functions=[push_handler], signing_key=...)   # push mode: an ASGI app
+async with ironflow.subscribe("system.run.>", replay=10) as sub:   # real-time messages
+    async for message in sub: ...
 """
 
 from ._client import Client
@@ -17,6 +19,7 @@ from ._context import Context
 from ._errors import InvokeError, IronflowError, NonRetryableError, RetryAfterError, StepError
 from ._function import CronTrigger, EventTrigger, Function, Retry, function, on_cron, on_event
 from ._models import (
+    ConsumerGroup,
     EmitResult,
     Event,
     EventPage,
@@ -27,15 +30,19 @@ from ._models import (
     RunPage,
     RunResult,
     Step,
+    TopicInfo,
+    TopicPage,
 )
 from ._run_errors import RunCancelledError, RunFailedError
 from ._serve import PushApp, serve
 from ._steps import InvokeHandle, StepArgumentError, Steps
+from ._subscribe import Message, Subscription, subscribe
 from ._sync import SyncClient
 from ._worker import Worker
 
 __all__ = [
     "Client",
+    "ConsumerGroup",
     "Context",
     "CronTrigger",
     "EmitResult",
@@ -47,6 +54,7 @@ __all__ = [
     "InvokeError",
     "InvokeHandle",
     "IronflowError",
+    "Message",
     "NonRetryableError",
     "PublishResult",
     "PushApp",
@@ -62,10 +70,14 @@ __all__ = [
     "StepArgumentError",
     "StepError",
     "Steps",
+    "Subscription",
     "SyncClient",
+    "TopicInfo",
+    "TopicPage",
     "Worker",
     "function",
     "on_cron",
     "on_event",
     "serve",
+    "subscribe",
 ]

@@ -20,6 +20,8 @@ from ironflow.v1 import (
     functions_pb2_grpc,
     runs_pb2,
     runs_pb2_grpc,
+    subscriptions_pb2,
+    subscriptions_pb2_grpc,
 )
 
 from ._convert import from_struct, from_timestamp, from_value, to_struct
@@ -27,6 +29,7 @@ from ._durations import Duration, to_duration_proto, to_seconds
 from ._errors import IronflowError
 from ._function import Function
 from ._models import (
+    ConsumerGroup,
     EmitResult,
     Event,
     EventPage,
@@ -37,6 +40,8 @@ from ._models import (
     RunPage,
     RunResult,
     Step,
+    TopicInfo,
+    TopicPage,
 )
 from ._run_errors import RunCancelledError, RunFailedError
 
@@ -122,6 +127,7 @@ class Client:
         self._events = events_pb2_grpc.EventServiceStub(self._channel)
         self._registry = functions_pb2_grpc.RegistryServiceStub(self._channel)
         self._scheduler = runs_pb2_grpc.SchedulerServiceStub(self._channel)
+        self._subscriptions = subscriptions_pb2_grpc.SubscriptionServiceStub(self._channel)
 
     async def __aenter__(self) -> Client:
         return self
@@ -400,6 +406,88 @@ class Client:
             if not result.timed_out or remaining <= slice_seconds:
                 return result
 
+    # -- consumer groups and topics -------------------------------------------------------------
+
+    async def create_consumer_group(
+        self,
+        name: str,
+        pattern: str,
+        *,
+        filter: str | None = None,
+        start: str | int = "new",
+        ack_wait: Duration = "30s",
+        max_deliver: int = 5,
+        max_in_flight: int = 1000,
+    ) -> ConsumerGroup:
+        """Create a consumer group delivering `pattern` (one pattern, optionally a CEL `filter`).
+
+        `start` is "new" (messages from now on), "earliest" (everything the stream still holds) or a
+        stream sequence to start after. Creating a group that exists with the same settings returns
+        it; different settings raise IronflowError ALREADY_EXISTS. A duration that cannot be read
+        raises ValueError before any call.
+        """
+        request = subscriptions_pb2.CreateConsumerGroupRequest(
+            group=subscriptions_pb2.ConsumerGroup(
+                name=name,
+                pattern=pattern,
+                filter=filter or "",
+                start=str(start),
+                ack_wait=to_duration_proto(ack_wait, field="ack_wait"),
+                max_deliver=max_deliver,
+                max_in_flight=max_in_flight,
+            )
+        )
+        response: subscriptions_pb2.CreateConsumerGroupResponse = await self._call(
+            self._subscriptions.CreateConsumerGroup, request
+        )
+        return _consumer_group(response.group)
+
+    async def get_consumer_group(self, name: str) -> ConsumerGroup:
+        response: subscriptions_pb2.GetConsumerGroupResponse = await self._call(
+            self._subscriptions.GetConsumerGroup, subscriptions_pb2.GetConsumerGroupRequest(name=name)
+        )
+        return _consumer_group(response.group)
+
+    async def list_consumer_groups(self) -> list[ConsumerGroup]:
+        """Every consumer group, by name."""
+        response: subscriptions_pb2.ListConsumerGroupsResponse = await self._call(
+            self._subscriptions.ListConsumerGroups, subscriptions_pb2.ListConsumerGroupsRequest()
+        )
+        return [_consumer_group(g) for g in response.groups]
+
+    async def delete_consumer_group(self, name: str) -> None:
+        """Delete a group and its progress; its connected members are ended. NOT_FOUND if unknown."""
+        await self._call(
+            self._subscriptions.DeleteConsumerGroup, subscriptions_pb2.DeleteConsumerGroupRequest(name=name)
+        )
+
+    async def replay_dead_letters(self, group: str, *, limit: int | None = None) -> int:
+        """Deliver a group's dead-lettered messages to its members again (at most `limit` [all]);
+        returns how many were replayed."""
+        request = subscriptions_pb2.ReplayDeadLettersRequest(group=group, limit=limit or 0)
+        response: subscriptions_pb2.ReplayDeadLettersResponse = await self._call(
+            self._subscriptions.ReplayDeadLetters, request
+        )
+        return response.replayed
+
+    async def list_topics(
+        self, pattern: str | None = None, *, limit: int = 100, cursor: str | None = None
+    ) -> TopicPage:
+        """Event names and topics that have carried messages, by subject, optionally only those
+        matching `pattern` (`topic:>`, `events:order.*`). Pass `next_cursor` back as `cursor`."""
+        request = subscriptions_pb2.ListTopicsRequest(pattern=pattern or "", limit=limit, cursor=cursor or "")
+        response: subscriptions_pb2.ListTopicsResponse = await self._call(
+            self._subscriptions.ListTopics, request
+        )
+        return TopicPage(topics=[_topic(t) for t in response.topics], next_cursor=response.next_cursor)
+
+    async def get_topic_stats(self, subject: str) -> TopicInfo:
+        """Counts for one subject (`events:order.placed`, `topic:notifications.email`, not a pattern)."""
+        response: subscriptions_pb2.GetTopicStatsResponse = await self._call(
+            self._subscriptions.GetTopicStats, subscriptions_pb2.GetTopicStatsRequest(subject=subject)
+        )
+        return _topic(response.topic)
+
     # -- plumbing -----------------------------------------------------------------------------
 
     def _wait_deadline(self, wait_seconds: float) -> float:
@@ -562,6 +650,34 @@ def _step(message: runs_pb2.Step) -> Step:
         error=_run_error(message.error) if message.HasField("error") else None,
         started_at=from_timestamp(message.started_at),
         ended_at=from_timestamp(message.ended_at),
+    )
+
+
+def _consumer_group(message: subscriptions_pb2.ConsumerGroup) -> ConsumerGroup:
+    return ConsumerGroup(
+        name=message.name,
+        pattern=message.pattern,
+        filter=message.filter,
+        start=message.start,
+        ack_wait=message.ack_wait.ToTimedelta(),
+        max_deliver=message.max_deliver,
+        max_in_flight=message.max_in_flight,
+        created_at=from_timestamp(message.created_at),
+        pending=message.pending,
+        members=message.members,
+        dead_letter_subject=message.dead_letter_subject,
+    )
+
+
+def _topic(message: subscriptions_pb2.TopicInfo) -> TopicInfo:
+    return TopicInfo(
+        subject=message.subject,
+        messages=message.messages,
+        first_sequence=message.first_sequence,
+        last_sequence=message.last_sequence,
+        first_message_at=from_timestamp(message.first_message_at),
+        last_message_at=from_timestamp(message.last_message_at),
+        subscribers=message.subscribers,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 
@@ -140,3 +140,59 @@ class Step:
     error: RunError | None
     started_at: datetime | None
     ended_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ConsumerGroup:
+    """A consumer group: subscribers that join it share its messages, each delivered to one of them."""
+
+    name: str
+    # The one pattern the group delivers (`events:order.*`), and its CEL filter ("" for none).
+    pattern: str
+    filter: str
+    # Where delivery began: "new", "earliest" or a stream sequence as text.
+    start: str
+    # How long a member has to ack a message before it is redelivered.
+    ack_wait: timedelta
+    # Deliveries of one message before it goes to `dead_letter_subject`.
+    max_deliver: int
+    # Unacked messages one member may hold before delivery to it pauses.
+    max_in_flight: int
+    created_at: datetime | None
+    # Messages delivered and not yet acknowledged.
+    pending: int
+    # Members connected now (to the replica that answered).
+    members: int
+    # Subject where messages past max_deliver go (`system.consumer.<name>.dead_letter`).
+    dead_letter_subject: str
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    """Counts for one event name or topic (`events:order.placed`, `topic:notifications.email`)."""
+
+    subject: str
+    # Messages ever carried on this subject (since the server began counting).
+    messages: int
+    # Stream sequences of the first and last message.
+    first_sequence: int
+    last_sequence: int
+    first_message_at: datetime | None
+    last_message_at: datetime | None
+    # Live subscriptions whose patterns match the subject (on the replica that answered).
+    subscribers: int
+
+
+@dataclass(frozen=True)
+class TopicPage:
+    """One page of topics, by subject. Iterating it yields the topics."""
+
+    topics: list[TopicInfo]
+    # Pass to the next call to continue; empty when this was the last page.
+    next_cursor: str
+
+    def __iter__(self) -> Iterator[TopicInfo]:
+        return iter(self.topics)
+
+    def __len__(self) -> int:
+        return len(self.topics)

@@ -17,6 +17,7 @@ from ._client import DEFAULT_TIMEOUT_SECONDS, Client, ServesFunctions
 from ._durations import Duration
 from ._function import Function
 from ._models import (
+    ConsumerGroup,
     EmitResult,
     Event,
     EventPage,
@@ -26,6 +27,8 @@ from ._models import (
     RunPage,
     RunResult,
     Step,
+    TopicInfo,
+    TopicPage,
 )
 
 T = TypeVar("T")
@@ -170,6 +173,50 @@ class SyncClient:
 
     def resume_run(self, run_id: str, from_step: str | None = None) -> Run:
         return self._run(self._client.resume_run(run_id, from_step))
+
+    def create_consumer_group(
+        self,
+        name: str,
+        pattern: str,
+        *,
+        filter: str | None = None,
+        start: str | int = "new",
+        ack_wait: Duration = "30s",
+        max_deliver: int = 5,
+        max_in_flight: int = 1000,
+    ) -> ConsumerGroup:
+        """Create a consumer group; see `Client.create_consumer_group`."""
+        return self._run(
+            self._client.create_consumer_group(
+                name,
+                pattern,
+                filter=filter,
+                start=start,
+                ack_wait=ack_wait,
+                max_deliver=max_deliver,
+                max_in_flight=max_in_flight,
+            )
+        )
+
+    def get_consumer_group(self, name: str) -> ConsumerGroup:
+        return self._run(self._client.get_consumer_group(name))
+
+    def list_consumer_groups(self) -> list[ConsumerGroup]:
+        return self._run(self._client.list_consumer_groups())
+
+    def delete_consumer_group(self, name: str) -> None:
+        self._run(self._client.delete_consumer_group(name))
+
+    def replay_dead_letters(self, group: str, *, limit: int | None = None) -> int:
+        return self._run(self._client.replay_dead_letters(group, limit=limit))
+
+    def list_topics(
+        self, pattern: str | None = None, *, limit: int = 100, cursor: str | None = None
+    ) -> TopicPage:
+        return self._run(self._client.list_topics(pattern, limit=limit, cursor=cursor))
+
+    def get_topic_stats(self, subject: str) -> TopicInfo:
+        return self._run(self._client.get_topic_stats(subject))
 
 
 async def _make_client(server_url: str | None, api_key: str | None, call_timeout: float) -> Client:

@@ -24,6 +24,7 @@ from rich.measure import Measurement
 from rich.table import Column, Table
 from rich.text import Text
 
+from . import _cli_groups, _cli_subscribe
 from ._client import RUN_STATUSES, Client, push_endpoint_url, push_functions
 from ._durations import to_seconds
 from ._errors import IronflowError
@@ -128,6 +129,9 @@ def build_app() -> typer.Typer:
     app.add_typer(functions_app, name="functions")
     runs_app = typer.Typer(help="Runs of functions: inspect, cancel and resume.", no_args_is_help=True)
     app.add_typer(runs_app, name="runs")
+    app.add_typer(_cli_groups.groups_app(), name="groups")
+    app.add_typer(_cli_groups.topics_app(), name="topics")
+    _cli_subscribe.add_subscribe_command(app)
 
     @app.callback()
     def main_options(

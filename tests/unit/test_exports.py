@@ -6,6 +6,7 @@ import ironflow
 
 EXPECTED = {
     "Client",
+    "ConsumerGroup",
     "Context",
     "CronTrigger",
     "EmitResult",
@@ -17,6 +18,7 @@ EXPECTED = {
     "InvokeError",
     "InvokeHandle",
     "IronflowError",
+    "Message",
     "NonRetryableError",
     "PublishResult",
     "PushApp",
@@ -32,12 +34,16 @@ EXPECTED = {
     "StepArgumentError",
     "StepError",
     "Steps",
+    "Subscription",
     "SyncClient",
+    "TopicInfo",
+    "TopicPage",
     "Worker",
     "function",
     "on_cron",
     "on_event",
     "serve",
+    "subscribe",
 }
 
 
