@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -15,6 +14,7 @@ from google.protobuf import duration_pb2
 from ironflow.services.core.disconnect import client_gone
 from ironflow.services.core.errors import ServiceError, invalid_argument
 from ironflow.services.core.protojson import dict_to_struct, to_timestamp
+from ironflow.services.core.tasks import stop_task
 from ironflow.v1 import subscriptions_pb2 as pb
 from ironflow.v1.subscriptions_connect import SubscriptionService
 
@@ -70,9 +70,9 @@ class SubscriptionServiceRpc(SubscriptionService):
                 else:
                     yield pb.SubscribeStreamResponse(event=message_to_proto(item))
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            # Bounded: connect-python's request stream can sit out a cancellation until the client
+            # closes, which would hold a graceful shutdown open.
+            await stop_task(reader, grace=1.0)
             await self._engine.unsubscribe(subscription)
 
     @staticmethod

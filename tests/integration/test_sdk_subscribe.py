@@ -274,7 +274,7 @@ async def test_server_refusals_are_raised_on_enter(
     assert field in caught.value.message
 
 
-async def test_an_unreachable_server_is_reported_on_enter(tmp_path: Path) -> None:
+async def test_an_unreachable_server_is_reported_on_enter() -> None:
     with pytest.raises(ironflow.IronflowError) as caught:
         async with (
             asyncio.timeout(WAIT),
