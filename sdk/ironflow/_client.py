@@ -96,7 +96,8 @@ def resolve_server_url(server_url: str | None) -> str:
     return server_url or os.environ.get("IRONFLOW_SERVER_URL") or DEFAULT_SERVER_URL
 
 
-def _channel(server_url: str) -> grpc.aio.Channel:
+def _channel(server_url: str, *, options: Sequence[tuple[str, int]] = ()) -> grpc.aio.Channel:
+    """A grpcio channel to `server_url`; `options` are added to the defaults."""
     parsed = urlparse(server_url if "://" in server_url else f"http://{server_url}")
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise IronflowError(
@@ -104,10 +105,14 @@ def _channel(server_url: str) -> grpc.aio.Channel:
         )
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     target = f"{parsed.hostname}:{port}"
-    options = [("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+    settings = [
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        *options,
+    ]
     if parsed.scheme == "https":
-        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
-    return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=settings)
+    return grpc.aio.insecure_channel(target, options=settings)
 
 
 class Client:

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import grpc
 from google.protobuf import duration_pb2
@@ -44,7 +43,7 @@ from google.protobuf import duration_pb2
 from ironflow.v1 import subscriptions_pb2 as pb
 from ironflow.v1 import subscriptions_pb2_grpc
 
-from ._client import resolve_server_url, rpc_error
+from ._client import grpc_channel, resolve_server_url, rpc_error
 from ._convert import from_struct, from_timestamp
 from ._durations import Duration, to_duration_proto
 from ._errors import IronflowError
@@ -495,28 +494,20 @@ class Subscription:
 def subscription_channel(server_url: str) -> grpc.aio.Channel:
     """A channel of its own for one subscription, reconnecting on our schedule.
 
-    Not `_client.grpc_channel`: grpcio shares subchannels process-wide between channels with equal
-    options, and one that failed to connect waits out grpc's own reconnect backoff (1 s growing to
+    Extra options on the clients' channel: grpcio shares subchannels process-wide between channels
+    with equal options, and one that failed to connect waits out grpc's own reconnect backoff (1 s growing to
     2 min), failing every call on every channel sharing it. A local subchannel pool and a short grpc
     backoff keep a subscription's retries, and their failures, to itself. (Not
     `grpc.min_reconnect_backoff_ms`: grpc uses it as the connect timeout too.)
     """
-    parsed = urlparse(server_url if "://" in server_url else f"http://{server_url}")
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise IronflowError(
-            "INVALID_ARGUMENT", f"server_url must look like http://host:port, got {server_url!r}"
-        )
-    target = f"{parsed.hostname}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}"
-    options = [
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-        ("grpc.use_local_subchannel_pool", 1),
-        ("grpc.initial_reconnect_backoff_ms", int(INITIAL_BACKOFF_SECONDS * 1000)),
-        ("grpc.max_reconnect_backoff_ms", int(MAX_BACKOFF_SECONDS * 1000)),
-    ]
-    if parsed.scheme == "https":
-        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
-    return grpc.aio.insecure_channel(target, options=options)
+    return grpc_channel(
+        server_url,
+        options=[
+            ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.initial_reconnect_backoff_ms", int(INITIAL_BACKOFF_SECONDS * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(MAX_BACKOFF_SECONDS * 1000)),
+        ],
+    )
 
 
 def _delay(delay: Duration | None) -> duration_pb2.Duration | None:

@@ -91,7 +91,6 @@ class SubscriptionEngine:
         self.hub = Hub(stream=stream, firehose=settings.firehose)
         self._subscriptions: dict[str, Subscription] = {}
         self._runtimes: dict[str, GroupRuntime] = {}
-        self._stopping = False
         # Set by `begin_shutdown`: edges holding idle connections (WebSocket) close them on it.
         self.stopping = asyncio.Event()
 
@@ -102,7 +101,6 @@ class SubscriptionEngine:
 
     def begin_shutdown(self) -> None:
         """End every subscription (their calls finish) and refuse new ones."""
-        self._stopping = True
         self.stopping.set()
         for subscription in list(self._subscriptions.values()):
             subscription.end(SERVER_STOPPING)
@@ -119,7 +117,7 @@ class SubscriptionEngine:
 
     async def subscribe(self, spec: SubscribeSpec) -> Subscription:
         """Start a subscription; the caller must `close()` it (through `unsubscribe`) when done."""
-        if self._stopping:
+        if self.stopping.is_set():
             raise SERVER_STOPPING
         spec.check()
         subscription_id = self._ids("sub")
@@ -135,7 +133,7 @@ class SubscriptionEngine:
             else:
                 subscription = self._go_live(subscription_id, selector, after)
         self._subscriptions[subscription.id] = subscription
-        if self._stopping:
+        if self.stopping.is_set():
             subscription.end(SERVER_STOPPING)  # shutdown began while this one was being set up
         return subscription
 
@@ -309,9 +307,7 @@ class SubscriptionEngine:
 
     async def _create(self, config: GroupConfig) -> tuple[GroupConfig, bool]:
         stored, created = await self._store.create(config)
-        keys = self._keys(stored.name, ephemeral=False)
-        await self._stream.create_group(keys.firehose, keys.stream_group, start=self._stream_start(stored))
-        await self._stream.create_group(keys.replay, keys.stream_group, start="0")
+        await self._keys(stored.name, ephemeral=False).create(self._stream, self._stream_start(stored))
         return stored, created
 
     async def get_group(self, name: str) -> GroupInfo:
@@ -329,14 +325,7 @@ class SubscriptionEngine:
         if runtime is not None:
             runtime.deleted = True
             runtime.end_all(gone)
-        await GroupRuntime(
-            name=name,
-            selector=Selector.compile([">"], "", patterns_field="pattern", filter_field="filter"),
-            limits=GroupLimits(DEFAULT_ACK_WAIT, DEFAULT_MAX_DELIVER, DEFAULT_MAX_IN_FLIGHT),
-            keys=self._keys(name, ephemeral=False),
-            stream=self._stream,
-            ids=self._ids,
-        ).destroy_stream_groups()
+        await self._keys(name, ephemeral=False).destroy(self._stream)
 
     async def replay_dead_letters(self, name: str, limit: int) -> int:
         if limit < 0:

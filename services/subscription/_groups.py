@@ -73,6 +73,16 @@ class GroupKeys:
             replay=f"{prefix}:{kind}:{name}:replay",
         )
 
+    async def create(self, stream: Stream, start: str | int) -> None:
+        """Create the stream-side groups if missing (every replica may call this)."""
+        await stream.create_group(self.firehose, self.stream_group, start=start)
+        await stream.create_group(self.replay, self.stream_group, start="0")
+
+    async def destroy(self, stream: Stream) -> None:
+        await stream.destroy_group(self.firehose, self.stream_group)
+        await stream.delete_stream(self.replay)
+        await stream.delete_stream(self.dead)
+
 
 @dataclass(frozen=True, slots=True)
 class GroupLimits:
@@ -116,14 +126,10 @@ class GroupRuntime:
     # -- setting up ------------------------------------------------------------------------------
 
     async def ensure_stream_groups(self, start: str | int) -> None:
-        """Create the stream-side groups if missing (every replica may call this)."""
-        await self._stream.create_group(self.keys.firehose, self.keys.stream_group, start=start)
-        await self._stream.create_group(self.keys.replay, self.keys.stream_group, start="0")
+        await self.keys.create(self._stream, start)
 
     async def destroy_stream_groups(self) -> None:
-        await self._stream.destroy_group(self.keys.firehose, self.keys.stream_group)
-        await self._stream.delete_stream(self.keys.replay)
-        await self._stream.delete_stream(self.keys.dead)
+        await self.keys.destroy(self._stream)
 
     def add(self, member: GroupMember) -> None:
         self.members[member.id] = member

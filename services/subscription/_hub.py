@@ -138,7 +138,10 @@ class Hub:
                 await asyncio.sleep(_RETRY_DELAY_S)
                 continue
             for _, entry in found:
-                self._dispatch(entry.sequence, Delivery.from_entry(entry))
+                if self._subscriptions:
+                    self._dispatch(entry.sequence, Delivery.from_entry(entry))
+                else:
+                    self.position = entry.sequence  # nobody to decode it for
 
     def _dispatch(self, sequence: int, message: Delivery) -> None:
         self.position = sequence

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from ironflow.services.core.errors import ErrorCode, ServiceError
-from ironflow.services.subscription import AckMode, Delivery, Settle, SubscribeSpec, group_config
+from ironflow.services.subscription import (
+    AckMode,
+    Delivery,
+    Settle,
+    SubscribeSpec,
+    Subscription,
+    SubscriptionEngine,
+    group_config,
+)
 from tests.contract.subscription_support import Stores, nothing_more, open_stores, take
 from tests.support import eventually
 
@@ -37,10 +45,9 @@ async def test_two_members_split_a_thousand_messages_with_no_loss_and_no_duplica
 
     seen: dict[str, list[int]] = {first.id: [], second.id: []}
 
-    async def drain(member_id: str, sub: object) -> None:
-        assert hasattr(sub, "next")
+    async def drain(member_id: str, sub: Subscription) -> None:
         while True:
-            delivery: Delivery = await sub.next()  # type: ignore[attr-defined]
+            delivery = await sub.next()
             seen[member_id].append(delivery.data["i"])
 
     readers = [asyncio.create_task(drain(first.id, first)), asyncio.create_task(drain(second.id, second))]
@@ -65,9 +72,9 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def _pending_is(engine: object, name: str, expected: int) -> bool:
-    info = await engine.get_group(name)  # type: ignore[attr-defined]
-    return bool(info.pending == expected)
+async def _pending_is(engine: SubscriptionEngine, name: str, expected: int) -> bool:
+    info = await engine.get_group(name)
+    return info.pending == expected
 
 
 async def test_an_unacked_message_goes_to_the_other_member_after_ack_wait(stores: Stores) -> None:
@@ -141,8 +148,8 @@ async def test_in_progress_extends_the_ack_deadline(stores: Stores) -> None:
     await nothing_more(idle, within=1.0)
 
 
-async def _first_of(a: object, b: object) -> tuple[object, Delivery]:
-    tasks = {asyncio.create_task(a.next()): a, asyncio.create_task(b.next()): b}  # type: ignore[attr-defined]
+async def _first_of(a: Subscription, b: Subscription) -> tuple[Subscription, Delivery]:
+    tasks = {asyncio.create_task(a.next()): a, asyncio.create_task(b.next()): b}
     done, pending = await asyncio.wait(tasks, timeout=10, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
