@@ -85,3 +85,12 @@ class EventServiceRpc(EventService):
         return events_pb2.ListEventsResponse(
             events=[event_to_proto(event) for event in page], next_cursor=next_cursor
         )
+
+    async def get_trigger_watermark(
+        self, request: events_pb2.GetTriggerWatermarkRequest, ctx: Ctx
+    ) -> events_pb2.GetTriggerWatermarkResponse:
+        response = events_pb2.GetTriggerWatermarkResponse()
+        watermark = await self._ingest.trigger_watermark()
+        if watermark is not None:
+            response.watermark.CopyFrom(to_timestamp(watermark))
+        return response

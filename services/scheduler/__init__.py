@@ -3,6 +3,7 @@
 from ._catalog import CompiledFunction, FunctionCatalog, FunctionSource
 from ._options import RunOptions
 from ._push import PushSettings
+from ._remote import remote_functions, remote_watermark
 from ._rest import RunsRestApp
 from ._rpc import SchedulerServiceRpc, wait_timeout
 from ._scheduler import EventWatermark, Scheduler, SchedulerSettings
@@ -19,6 +20,8 @@ __all__ = [
     "Scheduler",
     "SchedulerServiceRpc",
     "SchedulerSettings",
+    "remote_functions",
+    "remote_watermark",
     "step_token",
     "wait_timeout",
 ]

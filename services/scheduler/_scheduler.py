@@ -112,6 +112,8 @@ class Scheduler:
         self._matchers = MatchCache()
         # Callers of wait_for_runs, woken by the end of any run they wait for.
         self._run_waiters: dict[str, set[asyncio.Event]] = {}
+        # A run may end in another scheduler replica; its notice wakes the waiters here too.
+        notices.on_run_ended(self._wake_run_waiters)
         self._timers_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.push = PushDispatcher(
@@ -558,10 +560,15 @@ class Scheduler:
     async def fire_timers(self) -> tuple[int, datetime | None]:
         """Fire every due timer; returns (fired, when the next one is due)."""
         now = self._clock()
-        watermark = await self._event_watermark() if self._event_watermark is not None else None
-        seen_until = (
-            now if watermark is None else min(now, max(watermark, now - self._settings.max_event_wait_hold))
-        )
+        oldest_hold = now - self._settings.max_event_wait_hold
+        try:
+            watermark = await self._event_watermark() if self._event_watermark is not None else None
+        except ServiceError as exc:
+            # Ingest is out of reach: assume triggering is as far behind as we ever wait for it.
+            # Sleeps and invoke timeouts still fire; only event-wait timeouts are held back.
+            log.debug("trigger watermark unavailable (%s); holding event-wait timeouts", exc.message)
+            watermark = oldest_hold
+        seen_until = now if watermark is None else min(now, max(watermark, oldest_hold))
 
         async def work(conn: AsyncConnection) -> tuple[int, int, datetime | None, SystemEvents]:
             announced = SystemEvents(ids=self._ids, now=now)
@@ -629,12 +636,15 @@ class Scheduler:
         except Exception:
             log.warning("could not publish %d lifecycle events", len(announced.messages), exc_info=True)
 
+    def _wake_run_waiters(self, run_id: str) -> None:
+        for woken in self._run_waiters.get(run_id, ()):
+            woken.set()
+
     async def _after_commit(self, announced: SystemEvents) -> None:
         """Tell everyone what a committed transaction did: subscribers, waiters, dispatchers, timers."""
         await self._publish(announced)
         for run_id in announced.ended:
-            for woken in self._run_waiters.get(run_id, ()):
-                woken.set()
+            self._notices.run_ended(run_id)
         if announced.due:
             self._notices.work_available()
         if announced.earliest_timer is not None:

@@ -10,21 +10,15 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from connectrpc.server import ConnectASGIApplication
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 from sqlalchemy.engine import make_url
 
-from ironflow.services.core.disconnect import watch_disconnects
 from ironflow.services.core.errors import invalid_argument
 from ironflow.services.core.firehose import firehose_key
-from ironflow.services.core.grpc_health import HEALTH_SERVICE_NAME, SERVING, HealthService, health_asgi_app
-from ironflow.services.core.grpc_reflection import REFLECTION_SERVICE_NAMES, reflection_asgi_apps
+from ironflow.services.core.grpc_health import SERVING, HealthService
 from ironflow.services.core.http import ASGIApp
-from ironflow.services.core.hypercorn_h2 import install_late_data_guard
-from ironflow.services.core.rpc import ErrorInterceptor
 from ironflow.services.core.signals import RunNotices
 from ironflow.services.core.storage import Database, migrate
 from ironflow.services.core.streams import Stream, open_stream
@@ -61,21 +55,14 @@ from ironflow.v1.runs_pb2 import RunResult
 from ironflow.v1.subscriptions_connect import SubscriptionServiceASGIApplication
 from ironflow.v1.workers_connect import WorkerServiceASGIApplication
 
+from ._hosting import SERVICE_NAMES, interceptors, rpc_routes, run_probes, serve_app
 from ._router import Router, json_endpoint
 from ._settings import ServerSettings
 
 log = logging.getLogger("ironflow.server")
 
-SERVICE_NAMES = (
-    "ironflow.v1.EventService",
-    "ironflow.v1.RegistryService",
-    "ironflow.v1.SchedulerService",
-    "ironflow.v1.WorkerService",
-    "ironflow.v1.SubscriptionService",
-)
 # A push request holds its run's lease; leases are at most 10 minutes.
 MAX_PUSH_TIMEOUT = timedelta(minutes=5)
-# Connect caps request messages; allow a full payload plus protobuf framing.
 _READ_MAX_OVERHEAD = 256 * 1024
 
 
@@ -95,14 +82,11 @@ class EmbeddedServer:
 
     async def start(self) -> None:
         settings = self.settings
+        check_timings(settings)
         self._db = db = Database.open(settings.database_url, schema=settings.database_schema)
         version = await migrate(db)
         self._stream = stream = open_stream(settings.stream_url)
         await stream.ping()
-        if settings.heartbeat_interval >= settings.lease_duration:
-            raise invalid_argument("heartbeat_interval", "must be shorter than lease_duration")
-        if settings.push_timeout > MAX_PUSH_TIMEOUT:
-            raise invalid_argument("push_timeout", f"must be at most {MAX_PUSH_TIMEOUT.total_seconds():g}s")
         firehose = firehose_key(settings.stream_prefix)
         notices = RunNotices()
         registry = Registry(db=db, stream=stream, firehose=firehose)
@@ -120,14 +104,7 @@ class EmbeddedServer:
             notices=notices,
             settings=SchedulerSettings(
                 firehose=firehose,
-                push=PushSettings(
-                    signing_key=settings.signing_key,
-                    request_timeout=settings.push_timeout,
-                    concurrency=settings.push_concurrency,
-                    breaker_threshold=settings.push_breaker_threshold,
-                    breaker_reset=settings.push_breaker_reset,
-                    retry_max=settings.push_retry_max,
-                ),
+                push=push_settings(settings),
             ),
             event_watermark=trigger_watermark,
         )
@@ -187,28 +164,22 @@ class EmbeddedServer:
         gateway: WorkerGateway,
         subscriptions: SubscriptionEngine,
     ) -> ASGIApp:
-        interceptors = [ErrorInterceptor()]
-        read_max = self.settings.max_payload_bytes + _READ_MAX_OVERHEAD
         apps: list[ConnectASGIApplication[Any]] = [
-            EventServiceASGIApplication(
-                EventServiceRpc(ingest), interceptors=interceptors, read_max_bytes=read_max
-            ),
-            RegistryServiceASGIApplication(RegistryServiceRpc(registry), interceptors=interceptors),
-            SchedulerServiceASGIApplication(SchedulerServiceRpc(scheduler), interceptors=interceptors),
-            WorkerServiceASGIApplication(WorkerServiceRpc(gateway), interceptors=interceptors),
+            ingest_app(ingest, self.settings),
+            RegistryServiceASGIApplication(RegistryServiceRpc(registry), interceptors=interceptors()),
+            SchedulerServiceASGIApplication(SchedulerServiceRpc(scheduler), interceptors=interceptors()),
+            WorkerServiceASGIApplication(WorkerServiceRpc(gateway), interceptors=interceptors()),
             SubscriptionServiceASGIApplication(
-                SubscriptionServiceRpc(subscriptions), interceptors=interceptors
+                SubscriptionServiceRpc(subscriptions), interceptors=interceptors()
             ),
-            health_asgi_app(self.health),
-            *reflection_asgi_apps((*SERVICE_NAMES, HEALTH_SERVICE_NAME, *REFLECTION_SERVICE_NAMES)),
-        ]
-        # Subscription streams sit idle for long stretches: let them notice a client that left.
-        services: Sequence[tuple[str, ASGIApp]] = [
-            (app.path, watch_disconnects(cast("ASGIApp", app))) for app in apps
         ]
         rest = EventsRestApp(ingest, max_payload_bytes=self.settings.max_payload_bytes)
         return Router(
-            [*services, ("/api/v1/events", rest), ("/api/v1/runs", RunsRestApp(scheduler))],
+            [
+                *rpc_routes(apps, self.health),
+                ("/api/v1/events", rest),
+                ("/api/v1/runs", RunsRestApp(scheduler)),
+            ],
             exact=[
                 ("/health", json_endpoint(self._liveness)),
                 ("/ready", json_endpoint(self._readiness)),
@@ -220,32 +191,17 @@ class EmbeddedServer:
         return 200, {"status": "ok"}
 
     async def _readiness(self) -> tuple[int, object]:
-        checks: dict[str, str] = {}
-        for name, probe in (("database", self._db), ("stream", self._stream)):
-            try:
-                assert probe is not None
-                await asyncio.wait_for(probe.ping(), timeout=2)
-                checks[name] = "ok"
-            except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
-                checks[name] = f"unavailable: {type(exc).__name__}"
+        assert self._db is not None, "start() first"
+        assert self._stream is not None, "start() first"
+        checks = await run_probes([("database", self._db.ping), ("stream", self._stream.ping)])
         ready = all(value == "ok" for value in checks.values())
         return (200 if ready else 503), {"status": "ready" if ready else "not ready", "checks": checks}
 
     async def serve(self, shutdown: asyncio.Event) -> None:
         """Answer on the configured port until `shutdown` is set, then finish in-flight requests."""
         assert self.app is not None, "start() first"
-        install_late_data_guard()
-        config = Config()
-        config.bind = [f"{self.settings.host}:{self.settings.port}"]
-        # hypercorn otherwise closes a keep-alive connection after 1000 requests, which shows up as
-        # sporadic UNAVAILABLE on long-lived gRPC channels.
-        config.keep_alive_max_requests = 2**31
-        config.graceful_timeout = self.settings.graceful_timeout
-        config.accesslog = None
-        config.errorlog = logging.getLogger("hypercorn.error")
 
-        async def drain() -> None:
-            await shutdown.wait()
+        def draining() -> None:
             # Tell health watchers first, so load balancers move away and Watch streams end
             # instead of holding the graceful shutdown open; worker streams and polls likewise.
             self.health.shutdown()
@@ -254,7 +210,14 @@ class EmbeddedServer:
             if self._subscriptions is not None:
                 self._subscriptions.begin_shutdown()
 
-        await serve(cast("Any", self.app), config, shutdown_trigger=drain, mode="asgi")
+        await serve_app(
+            self.app,
+            host=self.settings.host,
+            port=self.settings.port,
+            graceful_timeout=self.settings.graceful_timeout,
+            shutdown=shutdown,
+            draining=draining,
+        )
 
     async def stop(self) -> None:
         self.health.shutdown()
@@ -271,6 +234,33 @@ class EmbeddedServer:
             await self._stream.close()
         if self._db is not None:
             await self._db.close()
+
+
+def check_timings(settings: ServerSettings) -> None:
+    """Settings that are valid alone but not together."""
+    if settings.heartbeat_interval >= settings.lease_duration:
+        raise invalid_argument("heartbeat_interval", "must be shorter than lease_duration")
+    if settings.push_timeout > MAX_PUSH_TIMEOUT:
+        raise invalid_argument("push_timeout", f"must be at most {MAX_PUSH_TIMEOUT.total_seconds():g}s")
+
+
+def push_settings(settings: ServerSettings) -> PushSettings:
+    return PushSettings(
+        signing_key=settings.signing_key,
+        request_timeout=settings.push_timeout,
+        concurrency=settings.push_concurrency,
+        breaker_threshold=settings.push_breaker_threshold,
+        breaker_reset=settings.push_breaker_reset,
+        retry_max=settings.push_retry_max,
+    )
+
+
+def ingest_app(ingest: Ingest, settings: ServerSettings) -> EventServiceASGIApplication:
+    # Connect caps request messages; allow a full payload plus protobuf framing.
+    read_max = settings.max_payload_bytes + _READ_MAX_OVERHEAD
+    return EventServiceASGIApplication(
+        EventServiceRpc(ingest), interceptors=interceptors(), read_max_bytes=read_max
+    )
 
 
 def _active_functions(registry: Registry) -> FunctionSource:

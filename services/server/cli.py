@@ -1,13 +1,15 @@
-"""The `ironflow` console script: the SDK's client commands plus `serve`."""
+"""The `ironflow` console script: the SDK's client commands plus `serve` and `service`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
 import logging
 import signal
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, Protocol, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -17,24 +19,38 @@ from ironflow.cli import build_app
 from ironflow.services.core.errors import ServiceError
 
 from ._embedded import EmbeddedServer
+from ._service import ServiceProcess, ServiceSettings
 from ._settings import ServerSettings
+from ._topology import SERVICE_NAMES
 
 stderr = Console(stderr=True)
 log = logging.getLogger("ironflow.server")
 
 
+class _Server(Protocol):
+    async def start(self) -> None: ...
+    async def serve(self, shutdown: asyncio.Event) -> None: ...
+    async def stop(self) -> None: ...
+
+
 async def run_server(settings: ServerSettings) -> None:
     """Run until SIGINT/SIGTERM, then stop accepting, finish in-flight requests and close storage."""
+    await _run(EmbeddedServer(settings), "Ironflow", settings.host, settings.port)
+
+
+async def run_service(name: str, settings: ServiceSettings) -> None:
+    process = ServiceProcess(name, settings)
+    await _run(process, f"Ironflow {name} service", settings.host, process.port)
+
+
+async def _run(server: _Server, what: str, host: str, port: int) -> None:
     shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, shutdown.set)
-    server = EmbeddedServer(settings)
     try:
         await server.start()
-        log.info(
-            "Ironflow listening on http://%s:%d (Connect, gRPC, gRPC-Web, REST)", settings.host, settings.port
-        )
+        log.info("%s listening on http://%s:%d (Connect, gRPC, gRPC-Web, REST)", what, host, port)
         await server.serve(shutdown)
     finally:
         await server.stop()
@@ -76,10 +92,88 @@ def serve(
         }.items()
         if value is not None
     }
+    settings = _settings(ServerSettings, overrides, dev=dev)
+    _run_until_stopped(lambda: run_server(settings), settings.host, settings.port)
+
+
+class ServiceName(enum.StrEnum):
+    INGEST = "ingest"
+    REGISTRY = "registry"
+    SCHEDULER = "scheduler"
+    WORKER_GATEWAY = "worker-gateway"
+    SUBSCRIPTION = "subscription"
+
+
+assert tuple(ServiceName) == SERVICE_NAMES, "the CLI's choices follow the topology"
+
+
+def service(
+    name: Annotated[ServiceName, typer.Argument(help="Which service this process runs.")],
+    host: Annotated[str | None, typer.Option("--host", help="Interface to listen on [127.0.0.1].")] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port (default: the service's own, 9201-9205).")
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="postgresql+psycopg://user@host:5432/db")
+    ] = None,
+    stream_url: Annotated[str | None, typer.Option("--stream-url", help="redis://host:6379/0")] = None,
+    ingest_url: Annotated[
+        str | None,
+        typer.Option("--ingest-url", help="Where the ingest service is (default http://127.0.0.1:9201)."),
+    ] = None,
+    registry_url: Annotated[
+        str | None,
+        typer.Option("--registry-url", help="Where the registry service is (default http://127.0.0.1:9202)."),
+    ] = None,
+    scheduler_url: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler-url", help="Where the scheduler service is (default http://127.0.0.1:9203)."
+        ),
+    ] = None,
+    signing_key: Annotated[
+        str | None,
+        typer.Option(
+            "--signing-key",
+            envvar="IRONFLOW_SIGNING_KEY",
+            help="Key push requests are signed with (scheduler).",
+            show_envvar=True,
+        ),
+    ] = None,
+    dev: Annotated[bool, typer.Option("--dev", help="Verbose logs for local development.")] = False,
+) -> None:
+    """Run one service in this process, against Postgres and Redis, calling the others over gRPC.
+
+    Every option can also be set as an environment variable: IRONFLOW_PORT, IRONFLOW_DATABASE_URL,
+    IRONFLOW_STREAM_URL, IRONFLOW_SCHEDULER_URL, ...
+    """
+    overrides = {
+        key: value
+        for key, value in {
+            "host": host,
+            "port": port,
+            "database_url": database_url,
+            "stream_url": stream_url,
+            "ingest_url": ingest_url,
+            "registry_url": registry_url,
+            "scheduler_url": scheduler_url,
+            "signing_key": signing_key,
+        }.items()
+        if value is not None
+    }
+    settings = _settings(ServiceSettings, overrides, dev=dev)
+    process_port = settings.port if "port" in settings.model_fields_set else 0
+    _run_until_stopped(lambda: run_service(name.value, settings), settings.host, process_port)
+
+
+Settings = TypeVar("Settings", bound=ServerSettings)
+
+
+def _settings(kind: type[Settings], overrides: dict[str, Any], *, dev: bool) -> Settings:
     if dev:
         overrides["log_level"] = "debug"
     try:
-        settings = ServerSettings(**overrides)  # type: ignore[arg-type]
+        settings = kind(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         stderr.print(
@@ -89,17 +183,21 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    return settings
+
+
+def _run_until_stopped(main: Callable[[], Any], host: str, port: int) -> None:
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_server(settings))
+            asyncio.run(main())
     except ServiceError as exc:
         stderr.print(f"[bold red]error[/] {exc.message}", highlight=False)
         raise typer.Exit(2) from None
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
+            where = f"port {port} on {host}" if port else f"the service's port on {host}"
             stderr.print(
-                f"[bold red]error[/] port {settings.port} on {settings.host} is already in use; "
-                "stop the other server or pass --port",
+                f"[bold red]error[/] {where} is already in use; stop the other server or pass --port",
                 highlight=False,
             )
             raise typer.Exit(2) from None
@@ -109,6 +207,7 @@ def serve(
 def build_cli() -> typer.Typer:
     app = build_app()
     app.command("serve")(serve)
+    app.command("service")(service)
     return app
 
 

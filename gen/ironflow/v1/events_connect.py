@@ -32,6 +32,9 @@ class EventService(Protocol):
     async def list_events(self, request: ironflow_dot_v1_dot_events__pb2.ListEventsRequest, ctx: RequestContext) -> ironflow_dot_v1_dot_events__pb2.ListEventsResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
+    async def get_trigger_watermark(self, request: ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkRequest, ctx: RequestContext) -> ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
 
 class EventServiceASGIApplication(ConnectASGIApplication[EventService]):
     def __init__(self, service: EventService | AsyncGenerator[EventService], *, interceptors: Iterable[Interceptor]=(), read_max_bytes: int | None = None, compressions: Iterable[Compression] | None = None) -> None:
@@ -87,6 +90,16 @@ class EventServiceASGIApplication(ConnectASGIApplication[EventService]):
                         idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=svc.list_events,
+                ),
+                "/ironflow.v1.EventService/GetTriggerWatermark": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetTriggerWatermark",
+                        service_name="ironflow.v1.EventService",
+                        input=ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkRequest,
+                        output=ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                    ),
+                    function=svc.get_trigger_watermark,
                 ),
             },
             interceptors=interceptors,
@@ -205,6 +218,28 @@ class EventServiceClient(ConnectClient):
             use_get=use_get,
         )
 
+    async def get_trigger_watermark(
+        self,
+        request: ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetTriggerWatermark",
+                service_name="ironflow.v1.EventService",
+                input=ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkRequest,
+                output=ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+
 
 class EventServiceSync(Protocol):
     def emit(self, request: ironflow_dot_v1_dot_events__pb2.EmitRequest, ctx: RequestContext) -> ironflow_dot_v1_dot_events__pb2.EmitResponse:
@@ -216,6 +251,8 @@ class EventServiceSync(Protocol):
     def get_event(self, request: ironflow_dot_v1_dot_events__pb2.GetEventRequest, ctx: RequestContext) -> ironflow_dot_v1_dot_events__pb2.GetEventResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def list_events(self, request: ironflow_dot_v1_dot_events__pb2.ListEventsRequest, ctx: RequestContext) -> ironflow_dot_v1_dot_events__pb2.ListEventsResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def get_trigger_watermark(self, request: ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkRequest, ctx: RequestContext) -> ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
 
@@ -272,6 +309,16 @@ class EventServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                     ),
                     function=service.list_events,
+                ),
+                "/ironflow.v1.EventService/GetTriggerWatermark": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetTriggerWatermark",
+                        service_name="ironflow.v1.EventService",
+                        input=ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkRequest,
+                        output=ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                    ),
+                    function=service.get_trigger_watermark,
                 ),
             },
             interceptors=interceptors,
@@ -383,6 +430,28 @@ class EventServiceClientSync(ConnectClientSync):
                 service_name="ironflow.v1.EventService",
                 input=ironflow_dot_v1_dot_events__pb2.ListEventsRequest,
                 output=ironflow_dot_v1_dot_events__pb2.ListEventsResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+
+    def get_trigger_watermark(
+        self,
+        request: ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetTriggerWatermark",
+                service_name="ironflow.v1.EventService",
+                input=ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkRequest,
+                output=ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkResponse,
                 idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
             ),
             headers=headers,

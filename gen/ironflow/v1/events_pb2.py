@@ -24,11 +24,12 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from ironflow.v1 import common_pb2 as ironflow_dot_v1_dot_common__pb2
 from ironflow.v1 import runs_pb2 as ironflow_dot_v1_dot_runs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ironflow/v1/events.proto\x12\x0bironflow.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18ironflow/v1/common.proto\x1a\x16ironflow/v1/runs.proto\"\xf8\x01\n\x0b\x45mitRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12+\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructR\x04\x64\x61ta\x12\'\n\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12\x42\n\x08metadata\x18\x04 \x03(\x0b\x32&.ironflow.v1.EmitRequest.MetadataEntryR\x08metadata\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"|\n\x0c\x45mitResponse\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x17\n\x07run_ids\x18\x02 \x03(\tR\x06runIds\x12\x1a\n\x08sequence\x18\x03 \x01(\x03R\x08sequence\x12\x1c\n\tduplicate\x18\x04 \x01(\x08R\tduplicate\"\xb5\x02\n\x0f\x45mitSyncRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12+\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructR\x04\x64\x61ta\x12\'\n\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12\x46\n\x08metadata\x18\x04 \x03(\x0b\x32*.ironflow.v1.EmitSyncRequest.MetadataEntryR\x08metadata\x12\x33\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"_\n\x10\x45mitSyncResponse\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x30\n\x07results\x18\x02 \x03(\x0b\x32\x16.ironflow.v1.RunResultR\x07results\"\x80\x02\n\x0ePublishRequest\x12\x14\n\x05topic\x18\x01 \x01(\tR\x05topic\x12+\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructR\x04\x64\x61ta\x12\'\n\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12\x45\n\x08metadata\x18\x04 \x03(\x0b\x32).ironflow.v1.PublishRequest.MetadataEntryR\x08metadata\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"f\n\x0fPublishResponse\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x1a\n\x08sequence\x18\x02 \x01(\x03R\x08sequence\x12\x1c\n\tduplicate\x18\x03 \x01(\x08R\tduplicate\"!\n\x0fGetEventRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"<\n\x10GetEventResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.ironflow.v1.EventR\x05\x65vent\"s\n\x11ListEventsRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x16\n\x06\x63ursor\x18\x03 \x01(\tR\x06\x63ursor\x12\x1c\n\tnamespace\x18\x04 \x01(\tR\tnamespace\"a\n\x12ListEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.ironflow.v1.EventR\x06\x65vents\x12\x1f\n\x0bnext_cursor\x18\x02 \x01(\tR\nnextCursor2\xfc\x02\n\x0c\x45ventService\x12;\n\x04\x45mit\x12\x18.ironflow.v1.EmitRequest\x1a\x19.ironflow.v1.EmitResponse\x12G\n\x08\x45mitSync\x12\x1c.ironflow.v1.EmitSyncRequest\x1a\x1d.ironflow.v1.EmitSyncResponse\x12\x44\n\x07Publish\x12\x1b.ironflow.v1.PublishRequest\x1a\x1c.ironflow.v1.PublishResponse\x12L\n\x08GetEvent\x12\x1c.ironflow.v1.GetEventRequest\x1a\x1d.ironflow.v1.GetEventResponse\"\x03\x90\x02\x01\x12R\n\nListEvents\x12\x1e.ironflow.v1.ListEventsRequest\x1a\x1f.ironflow.v1.ListEventsResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ironflow/v1/events.proto\x12\x0bironflow.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18ironflow/v1/common.proto\x1a\x16ironflow/v1/runs.proto\"\xf8\x01\n\x0b\x45mitRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12+\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructR\x04\x64\x61ta\x12\'\n\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12\x42\n\x08metadata\x18\x04 \x03(\x0b\x32&.ironflow.v1.EmitRequest.MetadataEntryR\x08metadata\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"|\n\x0c\x45mitResponse\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x17\n\x07run_ids\x18\x02 \x03(\tR\x06runIds\x12\x1a\n\x08sequence\x18\x03 \x01(\x03R\x08sequence\x12\x1c\n\tduplicate\x18\x04 \x01(\x08R\tduplicate\"\xb5\x02\n\x0f\x45mitSyncRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12+\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructR\x04\x64\x61ta\x12\'\n\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12\x46\n\x08metadata\x18\x04 \x03(\x0b\x32*.ironflow.v1.EmitSyncRequest.MetadataEntryR\x08metadata\x12\x33\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"_\n\x10\x45mitSyncResponse\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x30\n\x07results\x18\x02 \x03(\x0b\x32\x16.ironflow.v1.RunResultR\x07results\"\x80\x02\n\x0ePublishRequest\x12\x14\n\x05topic\x18\x01 \x01(\tR\x05topic\x12+\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructR\x04\x64\x61ta\x12\'\n\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12\x45\n\x08metadata\x18\x04 \x03(\x0b\x32).ironflow.v1.PublishRequest.MetadataEntryR\x08metadata\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"f\n\x0fPublishResponse\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x1a\n\x08sequence\x18\x02 \x01(\x03R\x08sequence\x12\x1c\n\tduplicate\x18\x03 \x01(\x08R\tduplicate\"!\n\x0fGetEventRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"<\n\x10GetEventResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.ironflow.v1.EventR\x05\x65vent\"s\n\x11ListEventsRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x16\n\x06\x63ursor\x18\x03 \x01(\tR\x06\x63ursor\x12\x1c\n\tnamespace\x18\x04 \x01(\tR\tnamespace\"a\n\x12ListEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.ironflow.v1.EventR\x06\x65vents\x12\x1f\n\x0bnext_cursor\x18\x02 \x01(\tR\nnextCursor\"\x1c\n\x1aGetTriggerWatermarkRequest\"W\n\x1bGetTriggerWatermarkResponse\x12\x38\n\twatermark\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\twatermark2\xeb\x03\n\x0c\x45ventService\x12;\n\x04\x45mit\x12\x18.ironflow.v1.EmitRequest\x1a\x19.ironflow.v1.EmitResponse\x12G\n\x08\x45mitSync\x12\x1c.ironflow.v1.EmitSyncRequest\x1a\x1d.ironflow.v1.EmitSyncResponse\x12\x44\n\x07Publish\x12\x1b.ironflow.v1.PublishRequest\x1a\x1c.ironflow.v1.PublishResponse\x12L\n\x08GetEvent\x12\x1c.ironflow.v1.GetEventRequest\x1a\x1d.ironflow.v1.GetEventResponse\"\x03\x90\x02\x01\x12R\n\nListEvents\x12\x1e.ironflow.v1.ListEventsRequest\x1a\x1f.ironflow.v1.ListEventsResponse\"\x03\x90\x02\x01\x12m\n\x13GetTriggerWatermark\x12\'.ironflow.v1.GetTriggerWatermarkRequest\x1a(.ironflow.v1.GetTriggerWatermarkResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,32 +46,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTSERVICE'].methods_by_name['GetEvent']._serialized_options = b'\220\002\001'
   _globals['_EVENTSERVICE'].methods_by_name['ListEvents']._loaded_options = None
   _globals['_EVENTSERVICE'].methods_by_name['ListEvents']._serialized_options = b'\220\002\001'
-  _globals['_EMITREQUEST']._serialized_start=154
-  _globals['_EMITREQUEST']._serialized_end=402
-  _globals['_EMITREQUEST_METADATAENTRY']._serialized_start=343
-  _globals['_EMITREQUEST_METADATAENTRY']._serialized_end=402
-  _globals['_EMITRESPONSE']._serialized_start=404
-  _globals['_EMITRESPONSE']._serialized_end=528
-  _globals['_EMITSYNCREQUEST']._serialized_start=531
-  _globals['_EMITSYNCREQUEST']._serialized_end=840
-  _globals['_EMITSYNCREQUEST_METADATAENTRY']._serialized_start=343
-  _globals['_EMITSYNCREQUEST_METADATAENTRY']._serialized_end=402
-  _globals['_EMITSYNCRESPONSE']._serialized_start=842
-  _globals['_EMITSYNCRESPONSE']._serialized_end=937
-  _globals['_PUBLISHREQUEST']._serialized_start=940
-  _globals['_PUBLISHREQUEST']._serialized_end=1196
-  _globals['_PUBLISHREQUEST_METADATAENTRY']._serialized_start=343
-  _globals['_PUBLISHREQUEST_METADATAENTRY']._serialized_end=402
-  _globals['_PUBLISHRESPONSE']._serialized_start=1198
-  _globals['_PUBLISHRESPONSE']._serialized_end=1300
-  _globals['_GETEVENTREQUEST']._serialized_start=1302
-  _globals['_GETEVENTREQUEST']._serialized_end=1335
-  _globals['_GETEVENTRESPONSE']._serialized_start=1337
-  _globals['_GETEVENTRESPONSE']._serialized_end=1397
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1399
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1514
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1516
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1613
-  _globals['_EVENTSERVICE']._serialized_start=1616
-  _globals['_EVENTSERVICE']._serialized_end=1996
+  _globals['_EVENTSERVICE'].methods_by_name['GetTriggerWatermark']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['GetTriggerWatermark']._serialized_options = b'\220\002\001'
+  _globals['_EMITREQUEST']._serialized_start=187
+  _globals['_EMITREQUEST']._serialized_end=435
+  _globals['_EMITREQUEST_METADATAENTRY']._serialized_start=376
+  _globals['_EMITREQUEST_METADATAENTRY']._serialized_end=435
+  _globals['_EMITRESPONSE']._serialized_start=437
+  _globals['_EMITRESPONSE']._serialized_end=561
+  _globals['_EMITSYNCREQUEST']._serialized_start=564
+  _globals['_EMITSYNCREQUEST']._serialized_end=873
+  _globals['_EMITSYNCREQUEST_METADATAENTRY']._serialized_start=376
+  _globals['_EMITSYNCREQUEST_METADATAENTRY']._serialized_end=435
+  _globals['_EMITSYNCRESPONSE']._serialized_start=875
+  _globals['_EMITSYNCRESPONSE']._serialized_end=970
+  _globals['_PUBLISHREQUEST']._serialized_start=973
+  _globals['_PUBLISHREQUEST']._serialized_end=1229
+  _globals['_PUBLISHREQUEST_METADATAENTRY']._serialized_start=376
+  _globals['_PUBLISHREQUEST_METADATAENTRY']._serialized_end=435
+  _globals['_PUBLISHRESPONSE']._serialized_start=1231
+  _globals['_PUBLISHRESPONSE']._serialized_end=1333
+  _globals['_GETEVENTREQUEST']._serialized_start=1335
+  _globals['_GETEVENTREQUEST']._serialized_end=1368
+  _globals['_GETEVENTRESPONSE']._serialized_start=1370
+  _globals['_GETEVENTRESPONSE']._serialized_end=1430
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1432
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1547
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1549
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1646
+  _globals['_GETTRIGGERWATERMARKREQUEST']._serialized_start=1648
+  _globals['_GETTRIGGERWATERMARKREQUEST']._serialized_end=1676
+  _globals['_GETTRIGGERWATERMARKRESPONSE']._serialized_start=1678
+  _globals['_GETTRIGGERWATERMARKRESPONSE']._serialized_end=1765
+  _globals['_EVENTSERVICE']._serialized_start=1768
+  _globals['_EVENTSERVICE']._serialized_end=2259
 # @@protoc_insertion_point(module_scope)

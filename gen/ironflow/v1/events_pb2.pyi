@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from ironflow.v1 import common_pb2 as _common_pb2
 from ironflow.v1 import runs_pb2 as _runs_pb2
@@ -365,3 +366,40 @@ class ListEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015
+
+@_typing.final
+class GetTriggerWatermarkRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTriggerWatermarkRequest: _TypeAlias = GetTriggerWatermarkRequest  # noqa: Y015
+
+@_typing.final
+class GetTriggerWatermarkResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATERMARK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def watermark(self) -> _timestamp_pb2.Timestamp:
+        """Every user event stored before this time has been handed to the scheduler. Unset: all of them."""
+
+    def __init__(
+        self,
+        *,
+        watermark: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["watermark", b"watermark"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["watermark", b"watermark"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTriggerWatermarkResponse: _TypeAlias = GetTriggerWatermarkResponse  # noqa: Y015

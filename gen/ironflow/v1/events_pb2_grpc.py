@@ -60,6 +60,11 @@ class EventServiceStub:
                 request_serializer=ironflow_dot_v1_dot_events__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=ironflow_dot_v1_dot_events__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.GetTriggerWatermark = channel.unary_unary(
+                '/ironflow.v1.EventService/GetTriggerWatermark',
+                request_serializer=ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkRequest.SerializeToString,
+                response_deserializer=ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkResponse.FromString,
+                _registered_method=True)
 
 
 class EventServiceServicer:
@@ -101,6 +106,14 @@ class EventServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTriggerWatermark(self, request, context):
+        """Internal (scheduler): how far triggering has got. Event waits time out only behind this mark, so
+        an event stored in time but triggered late still resumes its wait.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +141,11 @@ def add_EventServiceServicer_to_server(servicer, server):
                     servicer.ListEvents,
                     request_deserializer=ironflow_dot_v1_dot_events__pb2.ListEventsRequest.FromString,
                     response_serializer=ironflow_dot_v1_dot_events__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'GetTriggerWatermark': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTriggerWatermark,
+                    request_deserializer=ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkRequest.FromString,
+                    response_serializer=ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +284,33 @@ class EventService:
             '/ironflow.v1.EventService/ListEvents',
             ironflow_dot_v1_dot_events__pb2.ListEventsRequest.SerializeToString,
             ironflow_dot_v1_dot_events__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTriggerWatermark(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ironflow.v1.EventService/GetTriggerWatermark',
+            ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkRequest.SerializeToString,
+            ironflow_dot_v1_dot_events__pb2.GetTriggerWatermarkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,10 @@ class EventServiceStub:
     """Fetch one stored event by id."""
     ListEvents: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListEventsRequest, _events_pb2.ListEventsResponse]
     """List stored events, newest first, with cursor pagination."""
+    GetTriggerWatermark: _grpc.UnaryUnaryMultiCallable[_events_pb2.GetTriggerWatermarkRequest, _events_pb2.GetTriggerWatermarkResponse]
+    """Internal (scheduler): how far triggering has got. Event waits time out only behind this mark, so
+    an event stored in time but triggered late still resumes its wait.
+    """
 
 @_typing.type_check_only
 class EventServiceAsyncStub(EventServiceStub):
@@ -59,6 +63,10 @@ class EventServiceAsyncStub(EventServiceStub):
     """Fetch one stored event by id."""
     ListEvents: _aio.UnaryUnaryMultiCallable[_events_pb2.ListEventsRequest, _events_pb2.ListEventsResponse]  # type: ignore[assignment]
     """List stored events, newest first, with cursor pagination."""
+    GetTriggerWatermark: _aio.UnaryUnaryMultiCallable[_events_pb2.GetTriggerWatermarkRequest, _events_pb2.GetTriggerWatermarkResponse]  # type: ignore[assignment]
+    """Internal (scheduler): how far triggering has got. Event waits time out only behind this mark, so
+    an event stored in time but triggered late still resumes its wait.
+    """
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     """EventService is the ingest service: it stores events and topic messages and fans them out."""
@@ -102,5 +110,15 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_events_pb2.ListEventsResponse, _abc.Awaitable[_events_pb2.ListEventsResponse]]:
         """List stored events, newest first, with cursor pagination."""
+
+    @_abc_1.abstractmethod
+    def GetTriggerWatermark(
+        self,
+        request: _events_pb2.GetTriggerWatermarkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.GetTriggerWatermarkResponse, _abc.Awaitable[_events_pb2.GetTriggerWatermarkResponse]]:
+        """Internal (scheduler): how far triggering has got. Event waits time out only behind this mark, so
+        an event stored in time but triggered late still resumes its wait.
+        """
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

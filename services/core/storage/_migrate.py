@@ -90,10 +90,11 @@ async def migrate(db: Database) -> int:
     """Bring the schema to SCHEMA_VERSION; return the version it is at now."""
     async with db.transaction() as conn:
         if db.dialect == "postgresql":
+            # Serialise concurrent migrators (service processes starting together) for the rest of
+            # this transaction; first, since even CREATE SCHEMA IF NOT EXISTS races with itself.
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7426348931)"))
             if db.schema is not None:
                 await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{db.schema}"'))
-            # Serialise concurrent migrators for the rest of this transaction.
-            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7426348931)"))
         await conn.run_sync(lambda sync: schema_versions.create(sync, checkfirst=True))
         current = (
             await conn.execute(sa.select(sa.func.coalesce(sa.func.max(schema_versions.c.version), 0)))
