@@ -12,6 +12,7 @@ brings keepalive, retries and connection management that would otherwise be writ
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -35,18 +36,42 @@ _RETRY_POLICY = {
 }
 
 
-def service_channel(url: str, *, idempotent: Mapping[str, Sequence[str]]) -> grpc.aio.Channel:
-    """A channel to another service at `url` (`http://host:port`).
+def channel_target(url: str) -> tuple[str, bool]:
+    """The grpcio target for a service URL, and whether it uses TLS.
 
-    `idempotent` maps a full proto service name to the methods that may be retried.
+    `http://host:port` resolves `host` through DNS and balances over every address it returns (a
+    headless Kubernetes Service, a compose service with replicas). `http://10.0.0.1:9203,10.0.0.2:9203`
+    lists the replicas' addresses explicitly (IPv4 literals only).
     """
-    parsed = urlparse(url if "://" in url else f"http://{url}")
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    scheme, _, rest = (url if "://" in url else f"http://{url}").partition("://")
+    addresses = [address for address in rest.rstrip("/").split(",") if address]
+    parsed = [urlparse(f"{scheme}://{address}") for address in addresses]
+    if scheme not in ("http", "https") or not parsed or not all(p.hostname and not p.path for p in parsed):
         raise ServiceError(
-            ErrorCode.INVALID_ARGUMENT, f"service url must look like http://host:port, got {url!r}"
+            ErrorCode.INVALID_ARGUMENT,
+            f"service url must look like http://host:port or http://ip:port,ip:port; got {url!r}",
         )
-    target = f"{parsed.hostname}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}"
+    default_port = 443 if scheme == "https" else 80
+    if len(parsed) == 1:
+        return f"dns:///{parsed[0].hostname}:{parsed[0].port or default_port}", scheme == "https"
+    try:
+        hosts = [str(ipaddress.IPv4Address(p.hostname)) for p in parsed]
+    except ValueError:
+        raise ServiceError(
+            ErrorCode.INVALID_ARGUMENT, f"a list of service addresses must be IPv4 addresses: {url!r}"
+        ) from None
+    listed = ",".join(f"{host}:{p.port or default_port}" for host, p in zip(hosts, parsed, strict=True))
+    return f"ipv4:{listed}", scheme == "https"
+
+
+def service_channel(url: str, *, idempotent: Mapping[str, Sequence[str]]) -> grpc.aio.Channel:
+    """A channel to another service at `url` (see `channel_target`), balanced round-robin over its
+    replicas. `idempotent` maps a full proto service name to the methods that may be retried."""
+    target, tls = channel_target(url)
     config = {
+        # One connection per replica, calls spread over them; a replica that stops answering is
+        # skipped until it reconnects, and retried calls go to another one.
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 "name": [{"service": service, "method": method} for method in methods],
@@ -54,7 +79,7 @@ def service_channel(url: str, *, idempotent: Mapping[str, Sequence[str]]) -> grp
             }
             for service, methods in idempotent.items()
             if methods
-        ]
+        ],
     }
     options: list[tuple[str, Any]] = [
         ("grpc.service_config", json.dumps(config)),
@@ -72,7 +97,7 @@ def service_channel(url: str, *, idempotent: Mapping[str, Sequence[str]]) -> grp
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ]
     interceptors = client_interceptors()
-    if parsed.scheme == "https":
+    if tls:
         return grpc.aio.secure_channel(
             target, grpc.ssl_channel_credentials(), options=options, interceptors=interceptors
         )

@@ -88,6 +88,9 @@ async def serve_app(
     # hypercorn otherwise closes a keep-alive connection after 1000 requests, which shows up as
     # sporadic UNAVAILABLE on long-lived gRPC channels.
     config.keep_alive_max_requests = 2**31
+    # Proxies (the nginx front door) keep idle upstream connections for 60 s; closing ours sooner
+    # makes them reuse a connection we already closed and count it as a failed replica.
+    config.keep_alive_timeout = 75
     config.graceful_timeout = graceful_timeout
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")

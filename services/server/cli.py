@@ -8,7 +8,9 @@ import enum
 import errno
 import logging
 import signal
+import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Protocol, TypeVar
 
 import typer
@@ -18,10 +20,11 @@ from rich.console import Console
 from ironflow.cli import build_app
 from ironflow.services.core.errors import ServiceError
 
+from ._cluster import ClusterError, LocalCluster
 from ._embedded import EmbeddedServer
 from ._service import ServiceProcess, ServiceSettings
 from ._settings import ServerSettings
-from ._topology import SERVICE_NAMES
+from ._topology import FRONT_DOOR_PORT, SERVICE_NAMES
 
 stderr = Console(stderr=True)
 log = logging.getLogger("ironflow.server")
@@ -166,6 +169,66 @@ def service(
     _run_until_stopped(lambda: run_service(name.value, settings), settings.host, process_port)
 
 
+def cluster(
+    replicas: Annotated[int, typer.Option("--replicas", min=1, max=9, help="Replicas of each service.")] = 2,
+    port: Annotated[int, typer.Option("--port", help="Front door port.")] = FRONT_DOOR_PORT,
+    database_url: Annotated[
+        str,
+        typer.Option("--database-url", envvar="IRONFLOW_DATABASE_URL", help="Postgres for every service."),
+    ] = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+    stream_url: Annotated[
+        str, typer.Option("--stream-url", envvar="IRONFLOW_STREAM_URL", help="Redis for every service.")
+    ] = "redis://127.0.0.1:6379/0",
+    workdir: Annotated[
+        Path, typer.Option("--workdir", help="Where logs and the generated nginx config go.")
+    ] = Path(".ironflow/cluster"),
+) -> None:
+    """Run the distributed topology locally: every service as `--replicas` processes behind nginx.
+
+    For development: needs Postgres, Redis and nginx on this machine. Replica i of a service listens
+    on the service's port + 10 * i; logs are in WORKDIR. Ctrl-C stops everything.
+    """
+    local = LocalCluster(
+        workdir=workdir,
+        database_url=database_url,
+        stream_url=stream_url,
+        replicas=replicas,
+        front_door_port=port,
+    )
+    with stderr.status(f"starting {replicas * len(SERVICE_NAMES)} service processes and nginx"):
+        try:
+            local.start()
+        except ClusterError as exc:
+            stderr.print(f"[bold red]error[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+    for name, members in local.members.items():
+        ports = ", ".join(str(replica.port) for replica in members)
+        stderr.print(f"  {name:<15} ports {ports}", highlight=False)
+    stderr.print(f"front door {local.url}  (logs in {workdir}; Ctrl-C stops)", highlight=False)
+    if local.http1_url != local.url:
+        stderr.print(
+            f"this nginx is older than 1.25.1: {local.url} speaks h2c only (SDK, CLI, workers, gRPC); "
+            f"HTTP/1.1 (REST, curl, WebSocket) is on {local.http1_url}",
+            highlight=False,
+        )
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        while not stopped.wait(1.0):
+            for members in local.members.values():
+                for replica in members:
+                    if not replica.running:
+                        stderr.print(
+                            f"[yellow]{replica.service} replica {replica.index} exited; restarting[/]"
+                        )
+                        local.restart(replica.service, replica.index)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with stderr.status("stopping"):
+            local.stop()
+
+
 Settings = TypeVar("Settings", bound=ServerSettings)
 
 
@@ -208,6 +271,7 @@ def build_cli() -> typer.Typer:
     app = build_app()
     app.command("serve")(serve)
     app.command("service")(service)
+    app.command("cluster")(cluster)
     return app
 
 
