@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from opentelemetry.trace import Tracer, get_current_span
+
 from ironflow.v1 import runs_pb2
 
 from ._client import event_from_proto
@@ -13,6 +15,7 @@ from ._errors import NonRetryableError, StepError
 from ._function import Function
 from ._signals import LeaseLostSignal, SegmentEndSignal, StepFailedSignal, YieldSignal
 from ._steps import JobChannel, Publisher, StepBudget, Steps
+from ._tracing import get_tracer, record_outcome, run_span
 from ._values import error_info, to_value
 
 log = logging.getLogger("ironflow.worker")
@@ -24,11 +27,19 @@ async def execute(
     channel: JobChannel,
     publisher: Publisher | None = None,
     budget: StepBudget | None = None,
+    *,
+    tracer: Tracer | None = None,
 ) -> None:
     """Run `job` to its next outcome. Cancellation (asyncio.CancelledError) propagates unreported:
     the server cancelled the run or handed it to someone else. With a `budget` (push mode) the
-    execution may also end between two steps, reporting progress without an outcome."""
-    steps = Steps(job, channel, publisher, budget)
+    execution may also end between two steps, reporting progress without an outcome. Traced as
+    `run <function id>` in the run's trace (a no-op unless a tracer provider is set up)."""
+    tracer = tracer or get_tracer()
+    with run_span(tracer, job):
+        await _execute(job, function, channel, Steps(job, channel, publisher, budget, tracer=tracer))
+
+
+async def _execute(job: runs_pb2.Job, function: Function, channel: JobChannel, steps: Steps) -> None:
     logger = logging.LoggerAdapter(
         logging.getLogger(f"ironflow.function.{function.id}"), {"run_id": job.run_id, "attempt": job.attempt}
     )
@@ -58,5 +69,6 @@ async def execute(
                 log.warning("run %s: lease lost while compensating", job.run_id)
                 return
         report.failed.CopyFrom(error_info(exc, non_retryable=isinstance(exc, NonRetryableError)))
+    record_outcome(get_current_span(), report)
     if not await channel.report(report, wait=True):
         log.warning("run %s: the server refused the outcome as stale", job.run_id)

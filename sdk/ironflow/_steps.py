@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from google.protobuf import struct_pb2
+from opentelemetry.trace import Tracer
 
 from ironflow.v1 import runs_pb2
 
@@ -31,6 +32,7 @@ from ._durations import Duration, to_seconds
 from ._errors import InvokeError, NonRetryableError, StepError
 from ._models import Event, PublishResult
 from ._signals import LeaseLostSignal, SegmentEndSignal, StepFailedSignal, YieldSignal
+from ._tracing import get_tracer, step_span
 from ._values import error_info, from_value, stored_event, to_value
 
 DEFAULT_INVOKE_TIMEOUT = "30s"
@@ -98,8 +100,11 @@ class Steps:
         channel: JobChannel,
         publisher: Publisher | None = None,
         budget: StepBudget | None = None,
+        *,
+        tracer: Tracer | None = None,
     ) -> None:
         self._job = job
+        self._tracer = tracer or get_tracer()
         self._channel = channel
         self._publisher = publisher
         self._budget = budget
@@ -183,7 +188,8 @@ class Steps:
             _SCOPE.set(scope)  # this task is the branch: its inner steps get the branch's ids
         started = time.monotonic()
         try:
-            output = to_value(await _call(call), what=f"the output of step {name!r}")
+            with step_span(self._tracer, self._job.run_id, checkpoint):
+                output = to_value(await _call(call), what=f"the output of step {name!r}")
         except Exception as exc:
             checkpoint.status = runs_pb2.STEP_STATUS_FAILED
             checkpoint.error.CopyFrom(error_info(exc))
@@ -338,7 +344,9 @@ class Steps:
             checkpoint.recorded_at.GetCurrentTime()
             await self._channel.report(self._report(checkpoint), wait=False)
             try:
-                checkpoint.output.CopyFrom(to_value(await _call(compensation.call), what=f"undo of {name!r}"))
+                with step_span(self._tracer, self._job.run_id, checkpoint):
+                    output = to_value(await _call(compensation.call), what=f"undo of {name!r}")
+                checkpoint.output.CopyFrom(output)
                 checkpoint.status = runs_pb2.STEP_STATUS_COMPLETED
             except Exception as exc:  # noqa: BLE001 - recorded; the other undos must still run
                 checkpoint.status = runs_pb2.STEP_STATUS_FAILED

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from opentelemetry.trace import TracerProvider
 from tenacity import AsyncRetrying, retry_if_exception, retry_if_exception_type, wait_random_exponential
 
 from ironflow.v1 import runs_pb2, workers_pb2
@@ -29,6 +30,7 @@ from ._execution import execute
 from ._function import Function
 from ._models import PublishResult
 from ._steps import JobChannel
+from ._tracing import get_tracer
 from ._transport import PollTransport, StreamTransport, Transport, TransportClosedError
 
 log = logging.getLogger("ironflow.worker")
@@ -64,6 +66,7 @@ class Worker:
         api_key: str | None = None,
         drain_timeout: float = 30.0,
         takeover: bool = False,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         if not functions:
             raise ValueError("functions: a worker needs at least one @ironflow.function")
@@ -90,6 +93,8 @@ class Worker:
         self._api_key = api_key or os.environ.get("IRONFLOW_API_KEY")
         self._drain_timeout = drain_timeout
         self._takeover = takeover
+        # Spans for runs and steps (no-ops unless a provider is given or set up globally).
+        self._tracer = get_tracer(tracer_provider)
         self._running: dict[str, _Running] = {}
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -266,7 +271,7 @@ class Worker:
 
     async def _execute(self, job: runs_pb2.Job, function: Function, channel: JobChannel) -> None:
         try:
-            await execute(job, function, channel, self._publish)
+            await execute(job, function, channel, self._publish, tracer=self._tracer)
         except asyncio.CancelledError:
             log.info("run %s stopped on this worker", job.run_id)
             raise

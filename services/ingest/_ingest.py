@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from ironflow.services.core import telemetry
 from ironflow.services.core.errors import ErrorCode, ServiceError, invalid_argument, not_found
 from ironflow.services.core.firehose import DEFAULT_FIREHOSE_MAXLEN, FIREHOSE_STREAM, FirehoseMessage
 from ironflow.services.core.ids import Clock, IdSource, random_id, utc_now
@@ -105,12 +106,22 @@ class Ingest:
     async def emit(
         self, name: str, data: Any, *, idempotency_key: Any = None, metadata: Any = None
     ) -> tuple[Accepted, list[str]]:
-        accepted = await self._accept("events", name, data, idempotency_key, metadata, field="name")
-        if accepted.duplicate and accepted.event.run_ids is not None:
-            return accepted, list(accepted.event.run_ids)
-        # A first emit, or a repeat of one whose triggering is not recorded yet (triggering is
-        # idempotent, so asking again returns the same runs).
-        return accepted, await self._trigger_event(accepted.event)
+        # The span's context goes on with the event: its firehose entry, the trigger, the runs.
+        with telemetry.span(telemetry.SPAN_EMIT) as span:
+            accepted = await self._accept("events", name, data, idempotency_key, metadata, field="name")
+            span.update_name(f"{telemetry.SPAN_EMIT} {accepted.event.name}")  # a valid name by now
+            span.set_attributes(
+                {
+                    telemetry.ATTR_EVENT_NAME: accepted.event.name,
+                    telemetry.ATTR_EVENT_ID: accepted.event.id,
+                    telemetry.ATTR_EVENT_DUPLICATE: accepted.duplicate,
+                }
+            )
+            if accepted.duplicate and accepted.event.run_ids is not None:
+                return accepted, list(accepted.event.run_ids)
+            # A first emit, or a repeat of one whose triggering is not recorded yet (triggering is
+            # idempotent, so asking again returns the same runs).
+            return accepted, await self._trigger_event(accepted.event)
 
     async def emit_sync(
         self,
@@ -202,7 +213,8 @@ class Ingest:
         try:
             entry = await self._stream.append(
                 self._settings.firehose,
-                _firehose_message(event).encode(),
+                # Subscribers can continue the emit's trace (`traceparent`, `tracestate` fields).
+                telemetry.inject_trace(_firehose_message(event).encode()),
                 maxlen=self._settings.firehose_maxlen,
             )
         except Exception as exc:  # noqa: BLE001 - any stream failure: the event is durable, the relay retries

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ironflow.services.core.errors import ErrorCode, ServiceError, invalid_argument, not_found
 from ironflow.services.core.firehose import FIREHOSE_STREAM, FirehoseMessage
 from ironflow.services.core.ids import Clock, IdSource, random_id, utc_now
+from ironflow.services.core.revisions import bump_revision
 from ironflow.services.core.storage import (
     Database,
     function_versions,
@@ -103,10 +104,13 @@ class Registry:
         db: Database,
         stream: Stream,
         firehose: str = FIREHOSE_STREAM,
+        revision_key: str | None = None,
         clock: Clock = utc_now,
         ids: IdSource = random_id,
     ) -> None:
         self._change_listeners: list[Callable[[], None]] = []
+        # Bumped after every change, before answering (see services/core/revisions.py).
+        self._revision_key = revision_key
         self._db = db
         self._firehose = firehose
         self._stream = stream
@@ -144,7 +148,7 @@ class Registry:
         results = await self._db.run(work)
         changed = [stored for stored, was_changed in results if was_changed]
         if changed:
-            self._changed()
+            await self._changed()
         await self._announce(changed)
         async with self._db.reading() as conn:
             return await self._with_circuits(conn, [stored for stored, _ in results])
@@ -292,7 +296,7 @@ class Registry:
 
         if await self._db.run(work) == 0:
             raise not_found("function", function_id)
-        self._changed()
+        await self._changed()
 
     async def _with_circuits(
         self, conn: AsyncConnection, stored: list[StoredFunction]
@@ -323,9 +327,15 @@ class Registry:
         """Call `listener` after every committed change (an in-process reader refreshes its copy)."""
         self._change_listeners.append(listener)
 
-    def _changed(self) -> None:
+    async def _changed(self) -> None:
         for listener in self._change_listeners:
             listener()
+        if self._revision_key is not None:
+            try:
+                await bump_revision(self._stream, self._revision_key)
+            except ServiceError:
+                # Readers still refresh on their own timer; the change is committed either way.
+                log.warning("could not record a functions revision", exc_info=True)
 
     async def _announce(self, changed: list[StoredFunction]) -> None:
         """Publish `system.function.<id>.registered` for each new or changed definition."""

@@ -8,6 +8,7 @@ from ._rest import RunsRestApp
 from ._rpc import SchedulerServiceRpc, wait_timeout
 from ._scheduler import EventWatermark, Scheduler, SchedulerSettings
 from ._system_events import step_token
+from ._tickets import TicketSettings
 
 __all__ = [
     "CompiledFunction",
@@ -20,6 +21,7 @@ __all__ = [
     "Scheduler",
     "SchedulerServiceRpc",
     "SchedulerSettings",
+    "TicketSettings",
     "remote_functions",
     "remote_watermark",
     "step_token",

@@ -1,8 +1,10 @@
 """Which functions an event starts: trigger patterns and CEL conditions, compiled once per version.
 
 The registry owns function definitions; the scheduler keeps a compiled copy. The copy is refreshed
-when the registry says something changed (`invalidate`, wired by whoever runs both) and otherwise at
-most `max_age` old, so a registration made elsewhere is seen within that time. Compiled triggers are
+when the registry says something changed (`invalidate`, wired by whoever runs both), when the
+registry's revision moved (`revision`: one read of the stream per lookup, so a registration that
+finished before an event was emitted is seen by the trigger of that event even in another process),
+and otherwise at most `max_age` old. Compiled triggers are
 kept per (function id, version): a refresh recompiles only what changed.
 """
 
@@ -90,9 +92,16 @@ def _event_trigger(trigger: functions_pb2.EventTrigger, field: str) -> EventTrig
 
 class FunctionCatalog:
     def __init__(
-        self, source: FunctionSource, *, max_age: timedelta = timedelta(seconds=5), clock: Clock = utc_now
+        self,
+        source: FunctionSource,
+        *,
+        max_age: timedelta = timedelta(seconds=5),
+        clock: Clock = utc_now,
+        revision: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
         self._source = source
+        self._revision_source = revision
+        self._revision: str | None = None
         self._max_age = max_age
         self._clock = clock
         self._functions: dict[str, CompiledFunction] = {}
@@ -105,6 +114,8 @@ class FunctionCatalog:
         self._loaded_at = None
 
     async def functions(self) -> list[CompiledFunction]:
+        if self._revision_source is not None:
+            await self._follow_revision()
         if self._loaded_at is None or self._clock() - self._loaded_at > self._max_age:
             async with self._lock:
                 if self._loaded_at is None or self._clock() - self._loaded_at > self._max_age:
@@ -116,6 +127,20 @@ class FunctionCatalog:
             if function.id == function_id:
                 return function
         return None
+
+    async def _follow_revision(self) -> None:
+        assert self._revision_source is not None
+        try:
+            current = await self._revision_source()
+        except Exception:
+            log.debug("functions revision unavailable", exc_info=True)
+            return
+        if current == self._revision and self._loaded_at is not None:
+            return
+        async with self._lock:
+            if current != self._revision or self._loaded_at is None:
+                await self._refresh()
+                self._revision = current
 
     async def _refresh(self) -> None:
         started, generation = self._clock(), self._generation

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ironflow.services.core import telemetry
 from ironflow.services.core.ids import IdSource
 
 from ._catalog import CompiledFunction
@@ -69,26 +70,36 @@ async def start_run(
     parent_step_id: str | None = None,
 ) -> str:
     """Create the run of `function` for `event` unless it exists; returns its id."""
-    run_id, created = await insert_run(
-        conn,
-        {
-            "id": ids("run"),
-            "function_id": function.id,
-            "function_version": function.version,
-            "event_id": event["id"],
-            "status": "queued",
-            "attempt": 1,
-            "input": {"event": event},
-            "options": function.options.to_json(),
-            "parent_run_id": parent_run_id,
-            "parent_step_id": parent_step_id,
-            "available_at": now,
-            "execution_sequence": 0,
-            "created_at": now,
-            "updated_at": now,
-        },
-        dialect=dialect,
-    )
+    with telemetry.span(
+        f"{telemetry.SPAN_CREATE_RUN} {function.id}",
+        attributes={telemetry.ATTR_FUNCTION_ID: function.id, telemetry.ATTR_EVENT_ID: event["id"]},
+    ) as span:
+        run_input: dict[str, Any] = {"event": event}
+        # Kept with the run (no column of its own: the run's input is JSON), so every later job of
+        # the run continues this trace however much later, and from whichever request, it is leased.
+        if trace := telemetry.inject_trace({}):
+            run_input["trace"] = trace
+        run_id, created = await insert_run(
+            conn,
+            {
+                "id": ids("run"),
+                "function_id": function.id,
+                "function_version": function.version,
+                "event_id": event["id"],
+                "status": "queued",
+                "attempt": 1,
+                "input": run_input,
+                "options": function.options.to_json(),
+                "parent_run_id": parent_run_id,
+                "parent_step_id": parent_step_id,
+                "available_at": now,
+                "execution_sequence": 0,
+                "created_at": now,
+                "updated_at": now,
+            },
+            dialect=dialect,
+        )
+        span.set_attributes({telemetry.ATTR_RUN_ID: run_id, telemetry.ATTR_RUN_CREATED: created})
     if created:
         notice: dict[str, Any] = {"function_id": function.id, "event_id": event["id"], "status": "queued"}
         if parent_run_id:

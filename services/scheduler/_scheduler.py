@@ -55,6 +55,7 @@ from ._store import (
     update_runs,
 )
 from ._system_events import SystemEvents
+from ._tickets import JobTickets, TicketSettings
 from ._timers import fire_due_waits
 from ._waits import next_timer_at
 from ._yields import YieldContext
@@ -86,6 +87,8 @@ class SchedulerSettings:
     wait_recheck_interval: timedelta = timedelta(seconds=5)
     # The dispatcher that POSTs runs of push-mode functions to their endpoints.
     push: PushSettings = field(default_factory=PushSettings)
+    # Job tickets for pull workers (their stream keys use the deployment's stream prefix).
+    tickets: TicketSettings = field(default_factory=TicketSettings)
 
 
 class Scheduler:
@@ -119,6 +122,14 @@ class Scheduler:
         self.push = PushDispatcher(
             jobs=self, catalog=catalog, notices=notices, db=db, settings=self._settings.push, clock=clock
         )
+        self.tickets = JobTickets(
+            db=db,
+            stream=stream,
+            catalog=catalog,
+            notices=notices,
+            settings=self._settings.tickets,
+            clock=clock,
+        )
 
     @property
     def catalog(self) -> FunctionCatalog:
@@ -132,8 +143,10 @@ class Scheduler:
             asyncio.create_task(self._fire_timers_forever(), name="scheduler-timers"),
         ]
         await self.push.start()
+        await self.tickets.start()
 
     async def stop(self) -> None:
+        await self.tickets.stop()
         await self.push.stop()
         for task in self._tasks:
             task.cancel()
@@ -264,7 +277,12 @@ class Scheduler:
             announced = SystemEvents(ids=self._ids, now=now)
             claimed = (
                 await claim_runs(
-                    conn, dialect=self._db.dialect, function_ids=function_ids, limit=request.max_jobs, now=now
+                    conn,
+                    dialect=self._db.dialect,
+                    function_ids=function_ids,
+                    limit=request.max_jobs,
+                    now=now,
+                    run_ids=list(request.run_ids) or None,
                 )
                 if request.max_jobs
                 else []
@@ -646,6 +664,7 @@ class Scheduler:
         for run_id in announced.ended:
             self._notices.run_ended(run_id)
         if announced.due:
+            self.tickets.runs_due()
             self._notices.work_available()
         if announced.earliest_timer is not None:
             self._timers_changed.set()
@@ -674,6 +693,7 @@ def _job(row: Any, memo_rows: list[Any], *, token: str, expires_at: datetime) ->
         execution_sequence=row.execution_sequence + 1,
         parent_run_id=row.parent_run_id or "",
         last_attempt=_last_attempt(row),
+        trace_context=row.input.get("trace") or {},  # the trace the run was created in
     )
     job.lease_expires_at.CopyFrom(to_timestamp(expires_at))
     return job

@@ -52,19 +52,24 @@ async def claim_runs(
     function_ids: Sequence[str],
     limit: int,
     now: datetime,
+    run_ids: Sequence[str] | None = None,
 ) -> list[sa.Row[Any]]:
-    """Lock up to `limit` due, unleased runs of these functions, oldest due first."""
-    query = (
-        sa.select(runs)
-        .where(
-            runs.c.status.in_(DISPATCHABLE_STATUSES),
-            runs.c.lease_token.is_(None),
-            runs.c.available_at <= now,
-            runs.c.function_id.in_(list(function_ids)),
-        )
-        .order_by(runs.c.available_at)
-        .limit(limit)
+    """Lock up to `limit` due, unleased runs of these functions, oldest due first.
+
+    With `run_ids`, only those runs (the ones a gateway holds tickets for). Their rows are waited
+    for rather than skipped: a row locked for a moment (a duplicate ticket being leased elsewhere,
+    a cancel) must not cost its ticket. Locked in id order, so two such claims cannot deadlock.
+    """
+    query = sa.select(runs).where(
+        runs.c.status.in_(DISPATCHABLE_STATUSES),
+        runs.c.lease_token.is_(None),
+        runs.c.available_at <= now,
+        runs.c.function_id.in_(list(function_ids)),
     )
+    if run_ids is not None:
+        query = query.where(runs.c.id.in_(list(run_ids))).order_by(runs.c.id).limit(limit)
+        return list((await conn.execute(_locking(query, dialect))).all())
+    query = query.order_by(runs.c.available_at).limit(limit)
     return list((await conn.execute(_locking(query, dialect, skip_locked=True))).all())
 
 

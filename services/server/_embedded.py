@@ -19,9 +19,11 @@ from ironflow.services.core.errors import invalid_argument
 from ironflow.services.core.firehose import firehose_key
 from ironflow.services.core.grpc_health import SERVING, HealthService
 from ironflow.services.core.http import ASGIApp
+from ironflow.services.core.revisions import functions_revision_key, latest_revision
 from ironflow.services.core.signals import RunNotices
 from ironflow.services.core.storage import Database, migrate
 from ironflow.services.core.streams import Stream, open_stream
+from ironflow.services.core.telemetry import setup_tracing, shutdown_tracing
 from ironflow.services.ingest import (
     EventServiceRpc,
     EventsRestApp,
@@ -39,6 +41,7 @@ from ironflow.services.scheduler import (
     Scheduler,
     SchedulerServiceRpc,
     SchedulerSettings,
+    TicketSettings,
 )
 from ironflow.services.subscription import (
     SubscriptionEngine,
@@ -81,6 +84,7 @@ class EmbeddedServer:
         self.app: ASGIApp | None = None
 
     async def start(self) -> None:
+        setup_tracing("ironflow")
         settings = self.settings
         check_timings(settings)
         self._db = db = Database.open(settings.database_url, schema=settings.database_schema)
@@ -89,8 +93,11 @@ class EmbeddedServer:
         await stream.ping()
         firehose = firehose_key(settings.stream_prefix)
         notices = RunNotices()
-        registry = Registry(db=db, stream=stream, firehose=firehose)
-        catalog = FunctionCatalog(_active_functions(registry))
+        revision_key = functions_revision_key(settings.stream_prefix)
+        registry = Registry(db=db, stream=stream, firehose=firehose, revision_key=revision_key)
+        catalog = FunctionCatalog(
+            _active_functions(registry), revision=lambda: latest_revision(stream, revision_key)
+        )
         registry.on_change(catalog.invalidate)
         ingest_ref: list[Ingest] = []
 
@@ -105,6 +112,7 @@ class EmbeddedServer:
             settings=SchedulerSettings(
                 firehose=firehose,
                 push=push_settings(settings),
+                tickets=TicketSettings(stream_prefix=settings.stream_prefix),
             ),
             event_watermark=trigger_watermark,
         )
@@ -130,10 +138,13 @@ class EmbeddedServer:
 
         self._gateway = gateway = WorkerGateway(
             scheduler=scheduler,
+            stream=stream,
             register_functions=register_functions,
             notices=notices,
             settings=GatewaySettings(
-                lease_duration=settings.lease_duration, heartbeat_interval=settings.heartbeat_interval
+                lease_duration=settings.lease_duration,
+                heartbeat_interval=settings.heartbeat_interval,
+                stream_prefix=settings.stream_prefix,
             ),
         )
         self._subscriptions = subscriptions = SubscriptionEngine(
@@ -234,6 +245,7 @@ class EmbeddedServer:
             await self._stream.close()
         if self._db is not None:
             await self._db.close()
+        shutdown_tracing()
 
 
 def check_timings(settings: ServerSettings) -> None:

@@ -18,6 +18,7 @@ from ironflow.services.core.grpc_reflection import REFLECTION_SERVICE_NAMES, ref
 from ironflow.services.core.http import ASGIApp
 from ironflow.services.core.hypercorn_h2 import install_late_data_guard
 from ironflow.services.core.rpc import ErrorInterceptor
+from ironflow.services.core.telemetry import server_interceptors
 
 SERVICE_NAMES = (
     "ironflow.v1.EventService",
@@ -34,7 +35,8 @@ AppFactory = Callable[..., ConnectASGIApplication[Any]]
 
 
 def interceptors() -> list[Any]:
-    return [ErrorInterceptor()]
+    # Tracing outermost: its span covers the error mapping and records the status the client sees.
+    return [*server_interceptors(), ErrorInterceptor()]
 
 
 def rpc_routes(

@@ -30,10 +30,12 @@ from ironflow.services.core.grpc_client import check_reachable, service_channel
 from ironflow.services.core.grpc_health import NOT_SERVING, SERVING, HealthService
 from ironflow.services.core.http import ASGIApp
 from ironflow.services.core.notice_bus import NoticeRelay, notice_stream_key
+from ironflow.services.core.revisions import functions_revision_key, latest_revision
 from ironflow.services.core.signals import RunNotices
 from ironflow.services.core.storage import Database, migrate
 from ironflow.services.core.streams import Stream, open_stream
 from ironflow.services.core.tasks import stop_task
+from ironflow.services.core.telemetry import setup_tracing, shutdown_tracing
 from ironflow.services.ingest import EventsRestApp, Ingest, IngestSettings, RemoteScheduler
 from ironflow.services.registry import Registry, RegistryServiceRpc
 from ironflow.services.scheduler import (
@@ -42,6 +44,7 @@ from ironflow.services.scheduler import (
     Scheduler,
     SchedulerServiceRpc,
     SchedulerSettings,
+    TicketSettings,
     remote_functions,
     remote_watermark,
 )
@@ -135,6 +138,7 @@ class ServiceProcess:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        setup_tracing(f"ironflow-{self.spec.name}")
         settings = self.settings
         if settings.stream_url.startswith("memory:"):
             raise invalid_argument(
@@ -207,6 +211,7 @@ class ServiceProcess:
             await self._stream.close()
         if self._db is not None:
             await self._db.close()
+        shutdown_tracing()
 
     # -- the five services ------------------------------------------------------------------
 
@@ -249,7 +254,12 @@ class ServiceProcess:
         assert self._stream is not None
         parts = _Parts(apps=[])
         notices = self._notices(parts.start)
-        registry = Registry(db=self._db, stream=self._stream, firehose=self._firehose())
+        registry = Registry(
+            db=self._db,
+            stream=self._stream,
+            firehose=self._firehose(),
+            revision_key=functions_revision_key(self.settings.stream_prefix),
+        )
         registry.on_change(notices.functions_changed)
         parts.apps.append(
             RegistryServiceASGIApplication(RegistryServiceRpc(registry), interceptors=interceptors())
@@ -262,14 +272,22 @@ class ServiceProcess:
         assert self._stream is not None
         parts = _Parts(apps=[])
         notices = self._notices(parts.start)
-        catalog = FunctionCatalog(remote_functions(self._channels["registry"]))
+        stream, revision_key = self._stream, functions_revision_key(self.settings.stream_prefix)
+        catalog = FunctionCatalog(
+            remote_functions(self._channels["registry"]),
+            revision=lambda: latest_revision(stream, revision_key),
+        )
         notices.on_functions_changed(catalog.invalidate)
         scheduler = Scheduler(
             db=self._db,
             stream=self._stream,
             catalog=catalog,
             notices=notices,
-            settings=SchedulerSettings(firehose=self._firehose(), push=push_settings(self.settings)),
+            settings=SchedulerSettings(
+                firehose=self._firehose(),
+                push=push_settings(self.settings),
+                tickets=TicketSettings(stream_prefix=self.settings.stream_prefix),
+            ),
             event_watermark=remote_watermark(self._channels["ingest"]),
         )
         parts.apps.append(
@@ -281,15 +299,18 @@ class ServiceProcess:
         return parts
 
     def _gateway(self) -> _Parts:
+        assert self._stream is not None
         parts = _Parts(apps=[])
         notices = self._notices(parts.start)
         gateway = WorkerGateway(
             scheduler=RemoteJobScheduler(self._channels["scheduler"]),
+            stream=self._stream,
             register_functions=remote_register(self._channels["registry"]),
             notices=notices,
             settings=GatewaySettings(
                 lease_duration=self.settings.lease_duration,
                 heartbeat_interval=self.settings.heartbeat_interval,
+                stream_prefix=self.settings.stream_prefix,
             ),
         )
         parts.apps.append(

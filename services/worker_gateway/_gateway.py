@@ -30,10 +30,13 @@ from ironflow.services.core.ids import IdSource, random_id
 from ironflow.services.core.job_reports import check_report
 from ironflow.services.core.protojson import duration_seconds
 from ironflow.services.core.signals import RunNotices
+from ironflow.services.core.streams import Stream
+from ironflow.services.core.telemetry import record_dispatch
 from ironflow.v1 import functions_pb2, runs_pb2, workers_pb2
 
 from ._batcher import Batcher
 from ._session import StreamSession
+from ._tickets import Ticket, TicketReader
 
 log = logging.getLogger("ironflow.worker_gateway")
 
@@ -60,6 +63,10 @@ class GatewaySettings:
     heartbeat_interval: timedelta = timedelta(seconds=10)
     # Looked at even when nothing announced work (a notice may come from another process).
     idle_dispatch_interval: timedelta = timedelta(seconds=1)
+    # Job tickets are read from `<stream_prefix>:jobs:<function_id>`; one taken by a replica that
+    # then went silent is claimed by another after `ticket_claim_after`.
+    stream_prefix: str = "ironflow"
+    ticket_claim_after: timedelta = timedelta(seconds=10)
     default_poll_wait: timedelta = timedelta(seconds=20)
     max_poll_wait: timedelta = timedelta(seconds=25)
 
@@ -75,6 +82,7 @@ class WorkerGateway:
         self,
         *,
         scheduler: SchedulerApi,
+        stream: Stream,
         register_functions: RegisterFunctions,
         notices: RunNotices,
         settings: GatewaySettings | None = None,
@@ -85,6 +93,12 @@ class WorkerGateway:
         self._notices = notices
         self._settings = settings or GatewaySettings()
         self._ids = ids
+        self._tickets = TicketReader(
+            stream=stream,
+            prefix=self._settings.stream_prefix,
+            consumer=ids("gw"),
+            claim_after=self._settings.ticket_claim_after,
+        )
         self._sessions: dict[str, StreamSession] = {}
         self._registered: dict[str, str] = {}  # worker id -> digest of what it registered
         self._reports: Batcher[runs_pb2.JobReport, _ReportAnswer] = Batcher(self._flush_reports)
@@ -293,40 +307,61 @@ class WorkerGateway:
             await self._notices.work.wait(wait)
 
     async def dispatch(self) -> float | None:
-        """Lease jobs for every stream session with free slots; seconds until the next one is due."""
+        """Take job tickets for the functions stream sessions with free slots serve, and lease the
+        runs they name to those sessions. (Tickets carry their own due times, so this never has to
+        come back at a particular moment: None.)"""
         loop = asyncio.get_running_loop()
         stale_after = self._settings.lease_duration.total_seconds()
-        next_due: float | None = None
+        demand: dict[str, int] = {}
         for session in list(self._sessions.values()):
             if loop.time() - session.last_seen > stale_after:
                 log.warning("worker %s went silent; closing its session", session.worker_id)
                 session.close()
                 continue
-            free = session.free_slots
-            if free <= 0:
-                continue
-            response = await self._scheduler.lease_jobs(
-                runs_pb2.LeaseJobsRequest(
-                    worker_id=session.worker_id,
-                    function_ids=session.function_ids,
-                    max_jobs=free,
-                    lease_duration=_duration(self._settings.lease_duration),
-                )
-            )
-            if session.closed:
-                # It went away while we leased: give the jobs straight back.
-                leases = [_lease_of(job) for job in response.jobs]
-                if leases:
-                    await self._scheduler.release_jobs(
-                        runs_pb2.ReleaseJobsRequest(worker_id=session.worker_id, leases=leases)
+            for function_id in session.function_ids:
+                demand[function_id] = demand.get(function_id, 0) + session.free_slots
+        for function_id, wanted in demand.items():
+            if wanted > 0:
+                tickets = await self._tickets.take(function_id, min(wanted, MAX_CONCURRENT_JOBS))
+                if tickets:
+                    await self._deliver(function_id, tickets)
+        return None
+
+    async def _deliver(self, function_id: str, tickets: list[Ticket]) -> None:
+        """Lease the ticketed runs to sessions with free slots. A ticket is done once its run was
+        leased or found not due any more (a duplicate, or the run moved on); the rest go back."""
+        remaining = tickets
+        done: list[Ticket] = []
+        try:
+            for session in list(self._sessions.values()):
+                free = session.free_slots
+                if not remaining or free <= 0 or function_id not in session.function_ids:
+                    continue
+                batch, remaining = remaining[:free], remaining[free:]
+                response = await self._scheduler.lease_jobs(
+                    runs_pb2.LeaseJobsRequest(
+                        worker_id=session.worker_id,
+                        function_ids=[function_id],
+                        run_ids=[ticket.run_id for ticket in batch],
+                        max_jobs=len(batch),
+                        lease_duration=_duration(self._settings.lease_duration),
                     )
-                continue
-            for job in response.jobs:
-                session.assign(job)
-            if response.HasField("next_due_at"):
-                due = response.next_due_at.ToDatetime().timestamp() - _wall_clock()
-                next_due = due if next_due is None else min(next_due, due)
-        return next_due
+                )
+                done.extend(batch)
+                if session.closed:
+                    # It went away while we leased: give the runs straight back (they are due again
+                    # under a new sequence, so the scheduler tickets them anew).
+                    leases = [_lease_of(job) for job in response.jobs]
+                    if leases:
+                        await self._scheduler.release_jobs(
+                            runs_pb2.ReleaseJobsRequest(worker_id=session.worker_id, leases=leases)
+                        )
+                    continue
+                for job in response.jobs:
+                    session.assign(job)
+        finally:
+            await self._tickets.done(function_id, done)
+            await self._tickets.give_back(function_id, [ticket for ticket in tickets if ticket not in done])
 
     # -- long-poll transport ------------------------------------------------------------------
 
@@ -357,6 +392,8 @@ class WorkerGateway:
             )
             remaining = deadline - loop.time()
             if response.jobs or remaining <= 0 or self._closing:
+                for job in response.jobs:
+                    record_dispatch(job, worker_id=registration.worker_id, transport="poll")
                 return workers_pb2.PollResponse(
                     jobs=response.jobs, heartbeat_interval=_duration(self._settings.heartbeat_interval)
                 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from ironflow.services.core.telemetry import record_dispatch
 from ironflow.v1 import runs_pb2, workers_pb2
 
 
@@ -29,6 +30,7 @@ class StreamSession:
         return 0 if self.closed else max(free, 0)
 
     def assign(self, job: runs_pb2.Job) -> None:
+        record_dispatch(job, worker_id=self.worker_id, transport="stream")
         self.held[job.run_id] = runs_pb2.JobLease(
             run_id=job.run_id, lease_token=job.lease_token, execution_sequence=job.execution_sequence
         )

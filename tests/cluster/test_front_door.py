@@ -147,7 +147,7 @@ async def test_a_consumer_group_stays_exact_across_subscription_replicas(cluster
             for n in range(300):
                 await client.publish(topic, {"n": n})
             await eventually(
-                lambda: _async_true(sum(len(values) for values in received.values()) >= 300),  # noqa: PLR2004
+                lambda: _async_true(sum(len(values) for values in received.values()) >= 300),
                 within=30,
                 what="300 deliveries",
             )
@@ -166,19 +166,19 @@ async def test_rest_health_reflection_and_internal_rpcs_at_the_front_door(cluste
     are refused there (they are for the services themselves)."""
     async with httpx.AsyncClient(base_url=cluster.http1_url, timeout=10) as http:
         emitted = await http.post("/api/v1/events", json={"name": unique_name("rest"), "data": {"a": 1}})
-        assert emitted.status_code == 200, emitted.text  # noqa: PLR2004
+        assert emitted.status_code == 200, emitted.text
         event_id = emitted.json()["event_id"]
         fetched = await http.get(f"/api/v1/events/{event_id}")
         assert fetched.json()["data"] == {"a": 1}
         missing = await http.get("/api/v1/runs/run_missing")
-        assert missing.status_code == 404  # noqa: PLR2004
+        assert missing.status_code == 404
         assert missing.json()["code"] == "not_found"
-        assert (await http.get("/health")).status_code == 200  # noqa: PLR2004
+        assert (await http.get("/health")).status_code == 200
         assert (await http.get("/ready")).json()["status"] == "ready"
         refused = await http.post(
             "/ironflow.v1.SchedulerService/LeaseJobs", json={}, headers={"Content-Type": "application/json"}
         )
-        assert refused.status_code == 403  # noqa: PLR2004
+        assert refused.status_code == 403
 
 
 async def _async_true(value: bool) -> bool:

@@ -644,6 +644,26 @@ class Job(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     RUN_ID_FIELD_NUMBER: _builtins.int
     FUNCTION_ID_FIELD_NUMBER: _builtins.int
     FUNCTION_VERSION_FIELD_NUMBER: _builtins.int
@@ -656,6 +676,7 @@ class Job(_message.Message):
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     LAST_ATTEMPT_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     function_id: _builtins.str
     function_version: _builtins.int
@@ -678,6 +699,12 @@ class Job(_message.Message):
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemoizedStep]: ...
     @_builtins.property
     def lease_expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """W3C trace context (`traceparent`, `tracestate`) of the run, so the worker's spans join the trace
+        that started at the emit. Empty when tracing is off.
+        """
+
     def __init__(
         self,
         *,
@@ -693,10 +720,11 @@ class Job(_message.Message):
         lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
         parent_run_id: _builtins.str = ...,
         last_attempt: _builtins.bool = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "lease_expires_at", b"lease_expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "event", b"event", "events", b"events", "execution_sequence", b"execution_sequence", "function_id", b"function_id", "function_version", b"function_version", "last_attempt", b"last_attempt", "lease_expires_at", b"lease_expires_at", "lease_token", b"lease_token", "parent_run_id", b"parent_run_id", "run_id", b"run_id", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "event", b"event", "events", b"events", "execution_sequence", b"execution_sequence", "function_id", b"function_id", "function_version", b"function_version", "last_attempt", b"last_attempt", "lease_expires_at", b"lease_expires_at", "lease_token", b"lease_token", "parent_run_id", b"parent_run_id", "run_id", b"run_id", "steps", b"steps", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1003,12 +1031,19 @@ class LeaseJobsRequest(_message.Message):
     FUNCTION_IDS_FIELD_NUMBER: _builtins.int
     MAX_JOBS_FIELD_NUMBER: _builtins.int
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
+    RUN_IDS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     max_jobs: _builtins.int
     @_builtins.property
     def function_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def lease_duration(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Lease exactly these runs (those still due and unleased) instead of any due runs of
+        `function_ids`: the runs named by the job tickets a worker-gateway took from the stream.
+        """
+
     def __init__(
         self,
         *,
@@ -1016,10 +1051,11 @@ class LeaseJobsRequest(_message.Message):
         function_ids: _abc.Iterable[_builtins.str] | None = ...,
         max_jobs: _builtins.int = ...,
         lease_duration: _duration_pb2.Duration | None = ...,
+        run_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function_ids", b"function_ids", "lease_duration", b"lease_duration", "max_jobs", b"max_jobs", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function_ids", b"function_ids", "lease_duration", b"lease_duration", "max_jobs", b"max_jobs", "run_ids", b"run_ids", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -73,6 +73,14 @@ def _add_subscriptions(conn: sa.Connection) -> None:
     topic_stats.create(conn, checkfirst=True)
 
 
+def _add_job_tickets(conn: sa.Connection) -> None:
+    existing = {column["name"] for column in sa.inspect(conn).get_columns(runs.name, schema=runs.schema)}
+    for column in (runs.c.ticketed_sequence, runs.c.ticketed_at):
+        if column.name not in existing:
+            column_type = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {runs.name} ADD COLUMN {column.name} {column_type}"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, functions, function versions, runs, steps, waits", _create_initial_tables),
     Migration(
@@ -81,6 +89,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "waits for timers, events and child runs, indexed by match key", _reshape_waits),
     Migration(4, "circuit breaker state of push endpoints", _add_push_endpoints),
     Migration(5, "consumer groups and topic statistics", _add_subscriptions),
+    Migration(6, "job tickets: which runs have a delivery on the stream", _add_job_tickets),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

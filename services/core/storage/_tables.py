@@ -121,6 +121,10 @@ runs = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # The function timeout turned into a deadline when the run starts. Added by migration 2.
     sa.Column("timeout_at", UTCDateTime, nullable=True),
+    # Pull delivery: the execution sequence a job ticket was last put on the stream for, and when.
+    # A due run whose sequence differs has no ticket yet. Added by migration 6.
+    sa.Column("ticketed_sequence", sa.BigInteger, nullable=True),
+    sa.Column("ticketed_at", UTCDateTime, nullable=True),
     # Triggering is idempotent per (event, function).
     sa.UniqueConstraint("event_id", "function_id", name="ux_runs_event_function"),
     sa.Index("ix_runs_status_available", "status", "available_at"),
