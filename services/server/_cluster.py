@@ -7,9 +7,9 @@ peers' replicas, balanced round-robin by grpcio, as a headless Service or a DNS 
 addresses would be in a real deployment.
 
 The committed config serves HTTP/1.1 and h2c on one port, which takes nginx 1.25.1 or later. Debian
-12's nginx is 1.22: with it, the front door port speaks h2c only (gRPC, which is all the SDK, CLI and
-workers use, and Connect over HTTP/2) and `http1_url` (the next port) serves HTTP/1.1 (REST, curl,
-the WebSocket) with the same routes.
+12's nginx is 1.22: with it, nginx listens twice (h2c on one port, HTTP/1.1 on another, same routes)
+and a small relay (`_protocol_switch.py`) takes the front door port and hands each connection to
+one or the other by its first bytes, so clients still need one URL.
 
 Blocking on purpose (plain subprocesses and HTTP polls): the same object serves the `ironflow
 cluster` command and pytest fixtures, whatever event loop they run.
@@ -72,18 +72,16 @@ class LocalCluster:
     env: Mapping[str, str] = field(default_factory=dict)
     nginx: str = "nginx"
     members: dict[str, list[Replica]] = field(default_factory=dict, init=False)
+    # nginx's own listeners when it cannot serve both protocols on one port (else both the front door).
+    h2c_port: int = field(default=0, init=False)
     http1_port: int = field(default=0, init=False)
     _nginx: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _switch: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
     def url(self) -> str:
         """The front door: the one URL clients and workers need."""
         return f"http://127.0.0.1:{self.front_door_port}"
-
-    @property
-    def http1_url(self) -> str:
-        """Where HTTP/1.1 clients go: the front door itself, or its second port with an old nginx."""
-        return f"http://127.0.0.1:{self.http1_port}"
 
     def replica(self, service: str, index: int) -> Replica:
         return self.members[service][index]
@@ -97,11 +95,12 @@ class LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.fixed_ports and self.front_door_port == 0:
             self.front_door_port = _free_port()
-        split = _nginx_version(self.nginx) < (1, 25, 1)
-        if not split:
-            self.http1_port = self.front_door_port
+        if _nginx_version(self.nginx) >= (1, 25, 1):
+            self.h2c_port = self.http1_port = self.front_door_port
+        elif self.fixed_ports:
+            self.h2c_port, self.http1_port = self.front_door_port + 1, self.front_door_port + 2
         else:
-            self.http1_port = self.front_door_port + 1 if self.fixed_ports else _free_port()
+            self.h2c_port, self.http1_port = _free_port(), _free_port()
         self.members = {
             spec.name: [
                 Replica(
@@ -133,6 +132,10 @@ class LocalCluster:
         for replica in replicas:
             if replica.process is not None:
                 _reap(replica.process, grace=15.0)
+        if self._switch is not None:
+            self._switch.terminate()
+            _reap(self._switch, grace=5.0)
+            self._switch = None
         if self._nginx is not None:
             self._nginx.send_signal(signal.SIGQUIT)  # graceful: finish open requests
             _reap(self._nginx, grace=5.0)
@@ -165,7 +168,7 @@ class LocalCluster:
                         process=replica.process,
                         log=replica.log_path,
                     )
-        _wait_for(f"{self.http1_url}/ready", timeout=max(deadline - time.monotonic(), 0.1))
+        _wait_for(f"{self.url}/ready", timeout=max(deadline - time.monotonic(), 0.1))
 
     def readiness(self, service: str, index: int) -> tuple[int, dict[str, object]]:
         """A replica's /ready answer: (HTTP status, body)."""
@@ -205,7 +208,7 @@ class LocalCluster:
             (conf_dir / "temp" / sub).mkdir(parents=True, exist_ok=True)
         routes = _rewrite_front_door(
             NGINX_CONF.read_text(),
-            port=self.front_door_port,
+            h2c_port=self.h2c_port,
             http1_port=self.http1_port,
             upstreams={
                 name: [f"127.0.0.1:{replica.port}" for replica in members]
@@ -236,9 +239,15 @@ class LocalCluster:
             raise ClusterError(f"nginx rejected the front door config: {checked.stderr.decode().strip()}")
         with (self.workdir / "nginx.log").open("ab") as log:
             self._nginx = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+            if self.h2c_port != self.front_door_port:
+                switch = [sys.executable, "-m", "ironflow.services.server._protocol_switch"]
+                ports = [str(self.front_door_port), str(self.h2c_port), str(self.http1_port)]
+                self._switch = subprocess.Popen([*switch, *ports], stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
 
 
-def _rewrite_front_door(conf: str, *, port: int, http1_port: int, upstreams: Mapping[str, list[str]]) -> str:
+def _rewrite_front_door(
+    conf: str, *, h2c_port: int, http1_port: int, upstreams: Mapping[str, list[str]]
+) -> str:
     """The committed front door config with local replica addresses and listen ports."""
 
     def servers(match: re.Match[str]) -> str:
@@ -254,11 +263,11 @@ def _rewrite_front_door(conf: str, *, port: int, http1_port: int, upstreams: Map
     )
     if count != 2 * len(upstreams):  # an HTTP/1.1 and a gRPC upstream per service
         raise ClusterError(f"expected {len(upstreams)} upstreams in {NGINX_CONF}, found {count}")
-    if http1_port == port:
-        listen = f"listen 127.0.0.1:{port};"
+    if http1_port == h2c_port:
+        listen = f"listen 127.0.0.1:{h2c_port};"
     else:  # nginx before 1.25.1: no `http2 on`, one protocol per port
         rewritten = rewritten.replace("    http2 on;\n", "")
-        listen = f"listen 127.0.0.1:{port} http2;\n    listen 127.0.0.1:{http1_port};"
+        listen = f"listen 127.0.0.1:{h2c_port} http2;\n    listen 127.0.0.1:{http1_port};"
     rewritten, count = re.subn(r"listen \d+;", listen, rewritten)
     if count != 1:
         raise ClusterError(f"expected one listen directive in {NGINX_CONF}, found {count}")

@@ -62,8 +62,22 @@ async def _run(server: _Server, what: str, host: str, port: int) -> None:
     log.info("Ironflow stopped")
 
 
+# Options `serve` and `service` share.
+Host = Annotated[str | None, typer.Option("--host", help="Interface to listen on [127.0.0.1].")]
+SigningKey = Annotated[
+    str | None,
+    typer.Option(
+        "--signing-key",
+        envvar="IRONFLOW_SIGNING_KEY",
+        help="Key push requests are signed with (the same as in ironflow.serve).",
+        show_envvar=True,
+    ),
+]
+Dev = Annotated[bool, typer.Option("--dev", help="Verbose logs for local development.")]
+
+
 def serve(
-    host: Annotated[str | None, typer.Option("--host", help="Interface to listen on [127.0.0.1].")] = None,
+    host: Host = None,
     port: Annotated[int | None, typer.Option("--port", help="Port [9123].")] = None,
     database_url: Annotated[
         str | None,
@@ -72,16 +86,8 @@ def serve(
     stream_url: Annotated[
         str | None, typer.Option("--stream-url", help="memory:// or redis://host:6379/0")
     ] = None,
-    signing_key: Annotated[
-        str | None,
-        typer.Option(
-            "--signing-key",
-            envvar="IRONFLOW_SIGNING_KEY",
-            help="Key push requests are signed with (the same as in ironflow.serve).",
-            show_envvar=True,
-        ),
-    ] = None,
-    dev: Annotated[bool, typer.Option("--dev", help="Verbose logs for local development.")] = False,
+    signing_key: SigningKey = None,
+    dev: Dev = False,
 ) -> None:
     """Run the whole Ironflow suite in one process (SQLite + in-process stream by default)."""
     overrides = {
@@ -112,7 +118,7 @@ assert tuple(ServiceName) == SERVICE_NAMES, "the CLI's choices follow the topolo
 
 def service(
     name: Annotated[ServiceName, typer.Argument(help="Which service this process runs.")],
-    host: Annotated[str | None, typer.Option("--host", help="Interface to listen on [127.0.0.1].")] = None,
+    host: Host = None,
     port: Annotated[
         int | None, typer.Option("--port", help="Port (default: the service's own, 9201-9205).")
     ] = None,
@@ -134,16 +140,8 @@ def service(
             "--scheduler-url", help="Where the scheduler service is (default http://127.0.0.1:9203)."
         ),
     ] = None,
-    signing_key: Annotated[
-        str | None,
-        typer.Option(
-            "--signing-key",
-            envvar="IRONFLOW_SIGNING_KEY",
-            help="Key push requests are signed with (scheduler).",
-            show_envvar=True,
-        ),
-    ] = None,
-    dev: Annotated[bool, typer.Option("--dev", help="Verbose logs for local development.")] = False,
+    signing_key: SigningKey = None,
+    dev: Dev = False,
 ) -> None:
     """Run one service in this process, against Postgres and Redis, calling the others over gRPC.
 
@@ -205,10 +203,10 @@ def cluster(
         ports = ", ".join(str(replica.port) for replica in members)
         stderr.print(f"  {name:<15} ports {ports}", highlight=False)
     stderr.print(f"front door {local.url}  (logs in {workdir}; Ctrl-C stops)", highlight=False)
-    if local.http1_url != local.url:
+    if local.h2c_port != local.front_door_port:
         stderr.print(
-            f"this nginx is older than 1.25.1: {local.url} speaks h2c only (SDK, CLI, workers, gRPC); "
-            f"HTTP/1.1 (REST, curl, WebSocket) is on {local.http1_url}",
+            f"(this nginx is older than 1.25.1: it listens on {local.h2c_port} for h2c and on "
+            f"{local.http1_port} for HTTP/1.1; a relay on {local.front_door_port} picks one per connection)",
             highlight=False,
         )
     stopped = threading.Event()

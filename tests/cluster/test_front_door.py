@@ -94,7 +94,7 @@ async def test_subscribers_through_the_front_door_see_a_runs_lifecycle(cluster: 
         ironflow.Client(cluster.url) as client,
         workers_on_each_gateway(cluster, function_id, event),
         ironflow.subscribe("system.run.>", server_url=cluster.url) as lifecycle,
-        connect(f"{cluster.http1_url.replace('http', 'ws', 1)}/ws") as socket,
+        connect(f"{cluster.url.replace('http', 'ws', 1)}/ws") as socket,
     ):
         await socket.send(json.dumps({"type": "subscribe", "id": "c1", "patterns": [f"events:{event}"]}))
         answer = json.loads(await socket.recv())
@@ -164,7 +164,7 @@ async def test_a_consumer_group_stays_exact_across_subscription_replicas(cluster
 async def test_rest_health_reflection_and_internal_rpcs_at_the_front_door(cluster: LocalCluster) -> None:
     """Plain HTTP through the front door reaches ingest and the scheduler; the scheduler's job RPCs
     are refused there (they are for the services themselves)."""
-    async with httpx.AsyncClient(base_url=cluster.http1_url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=cluster.url, timeout=10) as http:
         emitted = await http.post("/api/v1/events", json={"name": unique_name("rest"), "data": {"a": 1}})
         assert emitted.status_code == 200, emitted.text
         event_id = emitted.json()["event_id"]

@@ -284,6 +284,8 @@ def test_k8s_config_points_at_services() -> None:
         service = k8s_one("Service", host)
         assert deployment_selected_by(service) == dep
         assert service_port(service, port)["targetPort"] == service_spec(dep).default_port == port
+        # Headless: DNS returns every pod, so grpcio's round-robin spreads calls over them.
+        assert service["spec"].get("clusterIP") == "None", host
     assert data["IRONFLOW_HOST"] == "0.0.0.0"
     assert data["OTEL_TRACES_EXPORTER"] == "otlp"
     assert data["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -41,13 +42,17 @@ def _create_initial_tables(conn: sa.Connection) -> None:
     metadata.create_all(conn, checkfirst=True)
 
 
-def _add_run_options_and_trigger_sweep(conn: sa.Connection) -> None:
+def _add_run_columns(conn: sa.Connection, *columns: sa.Column[Any]) -> None:
     # A database that migration 1 created after these columns were declared has them already.
     existing = {column["name"] for column in sa.inspect(conn).get_columns(runs.name, schema=runs.schema)}
-    for column in (runs.c.options, runs.c.timeout_at):
+    for column in columns:
         if column.name not in existing:
             column_type = column.type.compile(dialect=conn.dialect)
             conn.execute(sa.text(f"ALTER TABLE {runs.name} ADD COLUMN {column.name} {column_type}"))
+
+
+def _add_run_options_and_trigger_sweep(conn: sa.Connection) -> None:
+    _add_run_columns(conn, runs.c.options, runs.c.timeout_at)
     for index in events.indexes:
         if index.name == "ix_events_untriggered":
             index.create(conn, checkfirst=True)
@@ -74,11 +79,7 @@ def _add_subscriptions(conn: sa.Connection) -> None:
 
 
 def _add_job_tickets(conn: sa.Connection) -> None:
-    existing = {column["name"] for column in sa.inspect(conn).get_columns(runs.name, schema=runs.schema)}
-    for column in (runs.c.ticketed_sequence, runs.c.ticketed_at):
-        if column.name not in existing:
-            column_type = column.type.compile(dialect=conn.dialect)
-            conn.execute(sa.text(f"ALTER TABLE {runs.name} ADD COLUMN {column.name} {column_type}"))
+    _add_run_columns(conn, runs.c.ticketed_sequence, runs.c.ticketed_at)
 
 
 MIGRATIONS: tuple[Migration, ...] = (
