@@ -226,7 +226,7 @@ class WorkerGateway:
             log.exception("could not record a report for run %s", report.run_id)
             answer = _ReportAnswer(accepted=False, cancelled=False)
         ends_job = report.WhichOneof("outcome") is not None or not answer.accepted
-        if ends_job and session.held.pop(report.run_id, None) is not None:
+        if ends_job and session.release(report.run_id):
             self._notices.work_available()  # a slot is free
         session.send(
             workers_pb2.ConnectResponse(
@@ -259,7 +259,7 @@ class WorkerGateway:
         )
         cancelled = set(response.cancelled_run_ids)
         for lost in response.lost:
-            session.held.pop(lost.run_id, None)
+            session.release(lost.run_id)
             if lost.run_id in cancelled:
                 session.send(
                     workers_pb2.ConnectResponse(
@@ -286,7 +286,7 @@ class WorkerGateway:
 
     def _on_run_cancelled(self, run_id: str, reason: str) -> None:
         for session in self._sessions.values():
-            if session.held.pop(run_id, None) is not None:
+            if session.release(run_id):
                 session.send(
                     workers_pb2.ConnectResponse(cancel=workers_pb2.CancelJob(run_id=run_id, reason=reason))
                 )

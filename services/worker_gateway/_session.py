@@ -38,6 +38,18 @@ class StreamSession:
             self.reported_free -= 1
         self.send(workers_pb2.ConnectResponse(job=job))
 
+    def release(self, run_id: str) -> bool:
+        """The run's job ended here (an outcome, a lost lease, a cancel): its slot is free again.
+
+        The worker's last heartbeat counted that job as busy, so its reported free slots go up too;
+        otherwise a worker would look full until its next heartbeat (up to its heartbeat interval).
+        """
+        if self.held.pop(run_id, None) is None:
+            return False
+        if self.reported_free is not None:
+            self.reported_free = min(self.reported_free + 1, self.max_jobs)
+        return True
+
     def send(self, message: workers_pb2.ConnectResponse) -> None:
         if not self.closed:
             self.outbox.put_nowait(message)
