@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Protocol, TypeVar
 
+import sqlalchemy.exc
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -253,6 +254,11 @@ def _run_until_stopped(main: Callable[[], Any], host: str, port: int) -> None:
             asyncio.run(main())
     except ServiceError as exc:
         stderr.print(f"[bold red]error[/] {exc.message}", highlight=False)
+        raise typer.Exit(2) from None
+    except sqlalchemy.exc.DBAPIError as exc:
+        # Startup could not reach or use the database: say why in one line, not with a traceback.
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+        stderr.print(f"[bold red]error[/] the database is unreachable: {reason}", highlight=False)
         raise typer.Exit(2) from None
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
