@@ -41,6 +41,8 @@ from ._tickets import Ticket, TicketReader
 log = logging.getLogger("ironflow.worker_gateway")
 
 MAX_CONCURRENT_JOBS = 1000
+# The most runs one LeaseJobs call may ask for (the scheduler refuses more).
+LEASE_BATCH = 500
 DEFAULT_CONCURRENT_JOBS = 10
 
 
@@ -322,7 +324,7 @@ class WorkerGateway:
                 demand[function_id] = demand.get(function_id, 0) + session.free_slots
         for function_id, wanted in demand.items():
             if wanted > 0:
-                tickets = await self._tickets.take(function_id, min(wanted, MAX_CONCURRENT_JOBS))
+                tickets = await self._tickets.take(function_id, min(wanted, LEASE_BATCH))
                 if tickets:
                     await self._deliver(function_id, tickets)
         return None
@@ -370,7 +372,7 @@ class WorkerGateway:
         max_jobs = await self._register(registration)
         if request.max_jobs < 0:
             raise invalid_argument("max_jobs", "must not be negative")
-        want = min(request.max_jobs or max_jobs, MAX_CONCURRENT_JOBS)
+        want = min(request.max_jobs or max_jobs, LEASE_BATCH)
         wait = self._settings.default_poll_wait.total_seconds()
         if request.HasField("wait"):
             wait = duration_seconds(request.wait)

@@ -408,3 +408,20 @@ async def _is_set(flag: threading.Event) -> bool:
 
 async def _equals(value: object, expected: object) -> bool:
     return value == expected
+
+
+async def test_a_worker_with_more_slots_than_one_lease_can_carry_still_gets_jobs(
+    live_server: LiveServer, client: ironflow.Client, transport: str
+) -> None:
+    """A worker may hold up to 1000 jobs, but the scheduler leases at most 500 runs per call: the
+    gateway asks in batches it can grant, so a 1000-slot worker gets jobs on either transport."""
+    event = unique_name("wide")
+
+    @ironflow.function(id=unique_name("wide"), triggers=[ironflow.on_event(event)])
+    async def handler(ctx: ironflow.Context) -> int:
+        return await ctx.step.run("one", lambda: 1)
+
+    async with running_worker(live_server, [handler], transport=transport, max_concurrent_jobs=1000):
+        run_id = (await client.emit(event, {})).run_ids[0]
+        run = await wait_for_run(client, run_id)
+    assert run.status == "completed", run.error
