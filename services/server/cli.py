@@ -92,15 +92,11 @@ def serve(
 ) -> None:
     """Run the whole Ironflow suite in one process (SQLite + in-process stream by default)."""
     overrides = {
-        key: value
-        for key, value in {
-            "host": host,
-            "port": port,
-            "database_url": database_url,
-            "stream_url": stream_url,
-            "signing_key": signing_key,
-        }.items()
-        if value is not None
+        "host": host,
+        "port": port,
+        "database_url": database_url,
+        "stream_url": stream_url,
+        "signing_key": signing_key,
     }
     settings = _settings(ServerSettings, overrides, dev=dev)
     _run_until_stopped(lambda: run_server(settings), settings.host, settings.port)
@@ -150,18 +146,14 @@ def service(
     IRONFLOW_STREAM_URL, IRONFLOW_SCHEDULER_URL, ...
     """
     overrides = {
-        key: value
-        for key, value in {
-            "host": host,
-            "port": port,
-            "database_url": database_url,
-            "stream_url": stream_url,
-            "ingest_url": ingest_url,
-            "registry_url": registry_url,
-            "scheduler_url": scheduler_url,
-            "signing_key": signing_key,
-        }.items()
-        if value is not None
+        "host": host,
+        "port": port,
+        "database_url": database_url,
+        "stream_url": stream_url,
+        "ingest_url": ingest_url,
+        "registry_url": registry_url,
+        "scheduler_url": scheduler_url,
+        "signing_key": signing_key,
     }
     settings = _settings(ServiceSettings, overrides, dev=dev)
     process_port = settings.port if "port" in settings.model_fields_set else 0
@@ -231,7 +223,9 @@ def cluster(
 Settings = TypeVar("Settings", bound=ServerSettings)
 
 
-def _settings(kind: type[Settings], overrides: dict[str, Any], *, dev: bool) -> Settings:
+def _settings(kind: type[Settings], options: dict[str, Any], *, dev: bool) -> Settings:
+    """Settings from the options given on the command line (None: not given), then the environment."""
+    overrides = {key: value for key, value in options.items() if value is not None}
     if dev:
         overrides["log_level"] = "debug"
     try:

@@ -55,23 +55,30 @@ async def function_registered(client: ironflow.Client, function_id: str) -> bool
     return any(function.id == function_id for function in await client.list_functions())
 
 
-async def start_server(tmp: Path, port: int) -> asyncio.subprocess.Process:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IRONFLOW_")}
-    env.update({"IRONFLOW_LEASE_DURATION": "2s", "IRONFLOW_HEARTBEAT_INTERVAL": "500ms"})
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ironflow.services.server",
-        "serve",
-        "--port",
-        str(port),
-        "--database-url",
-        f"sqlite+aiosqlite:///{tmp / 'ironflow.db'}",
-        cwd=tmp,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+async def start_server(
+    tmp: Path, port: int, *, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """`ironflow serve` on SQLite in `tmp`, with short leases; `env` adds settings (OTEL_*, ...).
+    Its log is kept in `tmp/server.log`, for when a test fails."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("IRONFLOW_", "OTEL_"))}
+    environment.update(
+        {"IRONFLOW_LEASE_DURATION": "2s", "IRONFLOW_HEARTBEAT_INTERVAL": "500ms", **(env or {})}
     )
+    with (tmp / "server.log").open("ab") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ironflow.services.server",
+            "serve",
+            "--port",
+            str(port),
+            "--database-url",
+            f"sqlite+aiosqlite:///{tmp / 'ironflow.db'}",
+            cwd=tmp,
+            env=environment,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=log,
+        )
 
     async def ready() -> bool:
         if process.returncode is not None:

@@ -6,13 +6,10 @@ in gRPC metadata, in the run row and in the job).
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -29,7 +26,7 @@ from ironflow.services.core.telemetry import extract_trace, setup_tracing, shutd
 from ironflow.services.ingest import RemoteScheduler, StoredEvent
 from tests.conftest import unique_name
 from tests.integration.conftest import LiveServer, running_server, server_settings
-from tests.integration.processes import ROOT
+from tests.integration.processes import start_server
 from tests.integration.workers import running_worker, wait_for_run
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.support import eventually, free_port
@@ -190,37 +187,6 @@ async def test_a_run_triggered_over_grpc_continues_the_callers_trace(
     assert spans["step second"].context.trace_id == trace_id
 
 
-async def start_traced_server(tmp: Path, port: int, env: dict[str, str]) -> asyncio.subprocess.Process:
-    """`ironflow serve` in its own process, with tracing set by the given OTEL_* variables."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("IRONFLOW_", "OTEL_"))}
-    environment.update({"IRONFLOW_LEASE_DURATION": "2s", "IRONFLOW_HEARTBEAT_INTERVAL": "500ms", **env})
-    # The server's log is kept next to its database, for when the test fails.
-    with (tmp / "server.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "ironflow.services.server",
-            "serve",
-            "--port",
-            str(port),
-            "--database-url",
-            f"sqlite+aiosqlite:///{tmp / 'ironflow.db'}",
-            cwd=ROOT,
-            env=environment,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=log,
-        )
-
-    async def ready() -> bool:
-        if process.returncode is not None:
-            raise AssertionError(f"server exited early with {process.returncode}")
-        async with httpx.AsyncClient() as http:
-            return (await http.get(f"http://127.0.0.1:{port}/ready")).status_code == 200
-
-    await eventually(ready, within=30, what="ironflow serve to become ready")
-    return process
-
-
 async def test_server_and_worker_processes_export_one_trace_over_otlp(tmp_path: Path) -> None:
     """`ironflow serve` exports through OTLP/HTTP as configured by the standard variables; a worker in
     another process (this one) exports its spans to the same collector, in the same trace."""
@@ -228,7 +194,7 @@ async def test_server_and_worker_processes_export_one_trace_over_otlp(tmp_path: 
     handler = two_steps(event)
     with OtlpReceiver() as receiver:
         port = free_port()
-        server = await start_traced_server(tmp_path, port, receiver.env())
+        server = await start_server(tmp_path, port, env=receiver.env())
         worker_tracing = TracerProvider(resource=Resource.create({"service.name": "ironflow-test-worker"}))
         worker_tracing.add_span_processor(
             BatchSpanProcessor(OTLPSpanExporter(endpoint=receiver.endpoint), schedule_delay_millis=100)
