@@ -21,7 +21,7 @@ from ironflow.v1 import common_pb2, runs_pb2
 
 from ._convert import error_to_json, retry_after
 from ._options import RunOptions
-from ._store import fenced_off, get_step, lock_run, save_step, update_run
+from ._store import fenced_off, get_step, insert_step, lock_run, save_step, update_run
 from ._system_events import SystemEvents
 from ._waits import close_waits, open_child_wait, resolve_wait
 from ._yields import YieldContext, apply_yields, finish_waited_step
@@ -121,7 +121,9 @@ async def _record_checkpoint(
         return  # a late start notice or a replayed checkpoint: the first outcome stands
     notice: dict[str, Any] = {"name": common["name"], "attempt": common["attempt"]}
     if checkpoint.status == runs_pb2.STEP_STATUS_RUNNING:
-        await save_step(
+        # A step seen for the first time is inserted straight away (it was just looked up).
+        write = save_step if existing is not None else insert_step
+        await write(
             conn,
             run_id,
             checkpoint.step_id,
@@ -136,7 +138,8 @@ async def _record_checkpoint(
     elif checkpoint.status == runs_pb2.STEP_STATUS_COMPLETED:
         output = value_to_python(checkpoint.output)
         started_at = existing.started_at if existing is not None and existing.started_at else now
-        await save_step(
+        write = save_step if existing is not None else insert_step
+        await write(
             conn,
             run_id,
             checkpoint.step_id,

@@ -23,6 +23,18 @@ ENDED_STATUSES = ("completed", "failed", "cancelled")
 DISPATCHABLE_STATUSES = ("queued", "running")
 
 
+# The statements run several times for every run, built once: building `select(runs)` (every
+# column, each with its cache key) cost more than executing it (165 vs 110 us on SQLite).
+_RUN_BY_ID = sa.select(runs).where(runs.c.id == sa.bindparam("by_run_id"))
+_RUN_BY_ID_LOCKED = {
+    False: _RUN_BY_ID.with_for_update(),
+    True: _RUN_BY_ID.with_for_update(skip_locked=True),
+}
+_STEP_BY_ID = sa.select(steps).where(
+    steps.c.run_id == sa.bindparam("by_run_id"), steps.c.step_id == sa.bindparam("by_step_id")
+)
+
+
 def _locking(query: sa.Select[Any], dialect: str, *, skip_locked: bool = False) -> sa.Select[Any]:
     if dialect == "postgresql":
         return query.with_for_update(skip_locked=skip_locked)
@@ -115,8 +127,8 @@ async def lock_run(
     conn: AsyncConnection, run_id: str, *, dialect: str, skip_locked: bool = False
 ) -> sa.Row[Any] | None:
     """The run row, locked for this transaction (None if missing, or busy and `skip_locked`)."""
-    query = sa.select(runs).where(runs.c.id == run_id)
-    row: sa.Row[Any] | None = (await conn.execute(_locking(query, dialect, skip_locked=skip_locked))).first()
+    query = _RUN_BY_ID_LOCKED[skip_locked] if dialect == "postgresql" else _RUN_BY_ID
+    row: sa.Row[Any] | None = (await conn.execute(query, {"by_run_id": run_id})).first()
     return row
 
 
@@ -143,9 +155,14 @@ async def steps_of(conn: AsyncConnection, run_ids: Sequence[str]) -> dict[str, l
 
 
 async def get_step(conn: AsyncConnection, run_id: str, step_id: str) -> sa.Row[Any] | None:
-    query = sa.select(steps).where(steps.c.run_id == run_id, steps.c.step_id == step_id)
-    row: sa.Row[Any] | None = (await conn.execute(query)).first()
+    params = {"by_run_id": run_id, "by_step_id": step_id}
+    row: sa.Row[Any] | None = (await conn.execute(_STEP_BY_ID, params)).first()
     return row
+
+
+async def insert_step(conn: AsyncConnection, run_id: str, step_id: str, **values: Any) -> None:
+    """Insert a step row the caller just found missing (the run row is locked by the caller)."""
+    await conn.execute(steps.insert().values(run_id=run_id, step_id=step_id, **values))
 
 
 async def save_step(conn: AsyncConnection, run_id: str, step_id: str, **values: Any) -> None:
