@@ -17,6 +17,7 @@ from ironflow.services.core.grpc_health import HEALTH_SERVICE_NAME, HealthServic
 from ironflow.services.core.grpc_reflection import REFLECTION_SERVICE_NAMES, reflection_asgi_apps
 from ironflow.services.core.http import ASGIApp
 from ironflow.services.core.hypercorn_h2 import install_late_data_guard
+from ironflow.services.core.hypercorn_scheduling import install_round_robin_scheduling
 from ironflow.services.core.rpc import ErrorInterceptor
 from ironflow.services.core.telemetry import server_interceptors
 
@@ -85,6 +86,7 @@ async def serve_app(
 ) -> None:
     """Answer on host:port until `shutdown` is set; then call `draining` and finish in-flight requests."""
     install_late_data_guard()
+    install_round_robin_scheduling()
     config = Config()
     config.bind = [f"{host}:{port}"]
     # hypercorn otherwise closes a keep-alive connection after 1000 requests, which shows up as
