@@ -79,9 +79,12 @@ class StreamTransport(_Base):
         super().__init__(*args, **kwargs)
         self._call: Any = None
         self._outbox: asyncio.Queue[workers_pb2.ConnectRequest] = asyncio.Queue()
-        self._acks: dict[str, collections.deque[asyncio.Future[bool]]] = collections.defaultdict(
+        # Per run, one entry per report sent: the futures its single ack answers.
+        self._acks: dict[str, collections.deque[list[asyncio.Future[bool]]]] = collections.defaultdict(
             collections.deque
         )
+        # Per run, the report still waiting in the outbox, which later reports join (see `report`).
+        self._unsent: dict[str, tuple[workers_pb2.ConnectRequest, list[asyncio.Future[bool]]]] = {}
 
     async def open(self) -> None:
         self._call = self._stub.Connect(metadata=self._metadata)
@@ -108,11 +111,15 @@ class StreamTransport(_Base):
         finally:
             for helper in helpers:
                 helper.cancel()
-            for futures in self._acks.values():
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(TransportClosedError("disconnected before the server answered"))
+            for waiting in self._acks.values():
+                for futures in waiting:
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(
+                                TransportClosedError("disconnected before the server answered")
+                            )
             self._acks.clear()
+            self._unsent.clear()
             if self._call is not None:
                 self._call.cancel()
 
@@ -121,11 +128,11 @@ class StreamTransport(_Base):
         if kind == "job":
             self._worker.accept(message.job, self)
         elif kind == "report_ack":
-            futures = self._acks.get(message.report_ack.run_id)
-            if futures:
-                future = futures.popleft()
-                if not future.done():
-                    future.set_result(message.report_ack.accepted)
+            waiting = self._acks.get(message.report_ack.run_id)
+            if waiting:
+                for future in waiting.popleft():
+                    if not future.done():
+                        future.set_result(message.report_ack.accepted)
         elif kind == "cancel":
             self._worker.stop_job(
                 message.cancel.run_id, f"cancelled ({message.cancel.reason or 'no reason'})"
@@ -134,9 +141,24 @@ class StreamTransport(_Base):
             self._worker.stop_job(message.lease_lost.run_id, "lease lost")
 
     async def report(self, report: runs_pb2.JobReport, *, wait: bool) -> bool:
+        """Queue a report; `wait` for the server's answer. A report of a run whose previous report is
+        still in the outbox (a step's start and its end, when the step is quick or the stream busy)
+        joins that one: one message, one ack for both, one pass through the scheduler."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._acks[report.run_id].append(future)
-        self._outbox.put_nowait(workers_pb2.ConnectRequest(report=report))
+        unsent = self._unsent.get(report.run_id)
+        if unsent is not None and _joinable(unsent[0].report, report):
+            queued, futures = unsent
+            queued.report.checkpoints.extend(report.checkpoints)
+            outcome = report.WhichOneof("outcome")
+            if outcome is not None:
+                queued.report.MergeFrom(runs_pb2.JobReport(**{outcome: getattr(report, outcome)}))
+            futures.append(future)
+        else:
+            request = workers_pb2.ConnectRequest(report=report)
+            futures = [future]
+            self._acks[report.run_id].append(futures)
+            self._unsent[report.run_id] = (request, futures)
+            self._outbox.put_nowait(request)
         if not wait:
             # Nobody awaits this answer; retrieve a failure so asyncio does not complain about it.
             future.add_done_callback(lambda done: done.cancelled() or done.exception())
@@ -153,6 +175,10 @@ class StreamTransport(_Base):
     async def _write_forever(self) -> None:
         while True:
             request = await self._outbox.get()
+            if request.HasField("report"):
+                unsent = self._unsent.get(request.report.run_id)
+                if unsent is not None and unsent[0] is request:
+                    del self._unsent[request.report.run_id]  # from here on it cannot change
             try:
                 await self._call.write(request)
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
@@ -169,6 +195,16 @@ class StreamTransport(_Base):
                     )
                 )
             )
+
+
+def _joinable(queued: runs_pb2.JobReport, later: runs_pb2.JobReport) -> bool:
+    """A later report may join a queued one of the same lease that carries no outcome yet (an
+    outcome is the run's last word for this job)."""
+    return (
+        queued.lease_token == later.lease_token
+        and queued.execution_sequence == later.execution_sequence
+        and queued.WhichOneof("outcome") is None
+    )
 
 
 class PollTransport(_Base):
