@@ -37,6 +37,8 @@ _BLOCK_MS = 1000
 # A reader that died holding a batch: another takes it over after this long.
 _ORPHAN_IDLE_MS = 60_000
 _RETRY_DELAY_S = 1.0
+# Pause after a batch that held messages (see `_count_forever`).
+_LINGER_S = 0.05
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 
@@ -103,7 +105,10 @@ class TopicCounter:
     async def _count_forever(self) -> None:
         while not self._stopping and not cancel_requested():
             try:
-                await self.count_once(block_ms=_BLOCK_MS)
+                if await self.count_once(block_ms=_BLOCK_MS):
+                    # Let the next batch gather: the counts are for ListTopics, where a moment's lag
+                    # is invisible, and a transaction per message competed with the runs' own.
+                    await asyncio.sleep(_LINGER_S)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - counting waits for the store to come back
