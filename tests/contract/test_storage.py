@@ -153,3 +153,47 @@ async def test_unsupported_database_url_is_invalid_argument() -> None:
         Database.open("mysql://root@localhost/db")
     assert info.value.code is ErrorCode.INVALID_ARGUMENT
     assert "database_url" in info.value.message
+
+
+async def test_a_read_is_not_held_up_by_an_open_write_transaction(database: Database) -> None:
+    """Readers never take the write lock (on SQLite they begin a deferred transaction, which WAL
+    serves from the last commit), so a read answers while a writer holds its transaction open."""
+    async with database.transaction() as conn:
+        await conn.execute(events.insert().values(_event_row("evt_committed")))
+    writer_inside = asyncio.Event()
+    release_writer = asyncio.Event()
+
+    async def slow_writer(conn: sa.ext.asyncio.AsyncConnection) -> None:
+        await conn.execute(events.insert().values(_event_row("evt_pending", idempotency_key="k2")))
+        writer_inside.set()
+        await release_writer.wait()
+
+    writer = asyncio.create_task(database.run(slow_writer))
+    await asyncio.wait_for(writer_inside.wait(), 10)
+    try:
+        async with asyncio.timeout(5), database.reading() as conn:
+            ids = set((await conn.execute(sa.select(events.c.id))).scalars())
+        assert ids == {"evt_committed"}  # the pending insert is not visible yet
+    finally:
+        release_writer.set()
+        await writer
+    async with database.reading() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(events))).scalar_one() == 2
+
+
+async def test_many_concurrent_writers_all_commit(database: Database) -> None:
+    """Far more concurrent transactions than pooled connections: each commits once (on SQLite they
+    queue on the process's writer lock instead of polling SQLite's busy handler)."""
+
+    async def insert(index: int) -> None:
+        async def work(conn: sa.ext.asyncio.AsyncConnection) -> None:
+            await conn.execute(
+                events.insert().values(_event_row(f"evt_{index}", idempotency_key=f"k{index}"))
+            )
+            await asyncio.sleep(0)  # hand the loop to the others mid-transaction
+
+        await database.run(work)
+
+    await asyncio.gather(*(insert(index) for index in range(300)))
+    async with database.reading() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(events))).scalar_one() == 300
