@@ -1,6 +1,6 @@
 """Append-to-delivery latency of live subscriptions, fanned out to 1, 100 and 1,000 subscribers.
 
-    python bench/fanout.py [--backend embedded|distributed|both] [--subscribers 1,100,1000]
+    python -m bench.fanout [--backend embedded|distributed|both] [--subscribers 1,100,1000]
                            [--messages 200] [--trials 3] [--layer engine|wire|both]
 
 Two layers, each on both backends (embedded: in-process `MemoryStream` + SQLite; distributed: Redis +
@@ -38,29 +38,33 @@ import gc
 import json
 import math
 import os
-import platform
-import signal
-import socket
-import sqlite3
 import statistics
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
-import redis.asyncio as aioredis
-import sqlalchemy as sa
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from bench._common import (
+    READY_WITHIN_S,
+    RESULTS,
+    ROOT,
+    Storage,
+    across,
+    clean_up,
+    cpu_seconds,
+    embedded_server,
+    new_storage,
+    rank,
+    versions,
+)
 from ironflow import Client
 from ironflow.services.core.firehose import FirehoseMessage, firehose_key
 from ironflow.services.core.storage import Database, migrate
@@ -73,12 +77,9 @@ from ironflow.services.subscription import (
 )
 from ironflow.v1 import subscriptions_pb2, subscriptions_pb2_grpc
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TOPIC = "bench.fanout"
 SUBJECT = f"topic:{TOPIC}"
 PATTERN = "topic:bench.>"
-RESULTS = Path(__file__).resolve().parent / "results"
 # The project's target: fan-out to 1,000 subscribers with p99 <= 50 ms.
 TARGET_SUBSCRIBERS = 1000
 TARGET_P99_MS = 50.0
@@ -90,16 +91,10 @@ STREAMS_PER_CHANNEL = 50
 HANDSHAKES_PER_PROCESS = 20
 WARMUP_INTERVAL_S = 0.05
 WARMUP_WITHIN_S = 30.0
-READY_WITHIN_S = 60.0
 DELIVERED_WITHIN_S = 60.0
 
 
 # -- numbers ---------------------------------------------------------------------------------------
-
-
-def _rank(ordered: Sequence[int], q: float) -> int:
-    """Nearest-rank percentile of sorted samples."""
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def _ms(ns: float) -> float:
@@ -128,29 +123,19 @@ class Trial:
         }
         if everything:
             result |= {
-                "p50_ms": _ms(_rank(everything, 0.50)),
-                "p90_ms": _ms(_rank(everything, 0.90)),
-                "p99_ms": _ms(_rank(everything, 0.99)),
+                "p50_ms": _ms(rank(everything, 0.50)),
+                "p90_ms": _ms(rank(everything, 0.90)),
+                "p99_ms": _ms(rank(everything, 0.99)),
                 "max_ms": _ms(everything[-1]),
                 "mean_ms": _ms(statistics.fmean(everything)),
-                "last_subscriber_p50_ms": _ms(_rank(complete, 0.50)),
-                "last_subscriber_p99_ms": _ms(_rank(complete, 0.99)),
+                "last_subscriber_p50_ms": _ms(rank(complete, 0.50)),
+                "last_subscriber_p99_ms": _ms(rank(complete, 0.99)),
             }
         if self.publish_ns:
             ordered = sorted(self.publish_ns)
-            result["publish_call_p50_ms"] = _ms(_rank(ordered, 0.50))
-            result["publish_call_p99_ms"] = _ms(_rank(ordered, 0.99))
+            result["publish_call_p50_ms"] = _ms(rank(ordered, 0.50))
+            result["publish_call_p99_ms"] = _ms(rank(ordered, 0.99))
         return result | self.extra
-
-
-def _across(trials: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median and range over trials of every number the trials report."""
-    out: dict[str, Any] = {}
-    for key in trials[0]:
-        values = [trial[key] for trial in trials if isinstance(trial.get(key), int | float)]
-        if values:
-            out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
-    return out
 
 
 class _GcPauses:
@@ -180,66 +165,6 @@ class _GcPauses:
 
 
 # -- backends --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Storage:
-    """Where one run keeps its data: URLs plus the unique names that keep runs apart."""
-
-    backend: str
-    database_url: str
-    stream_url: str
-    schema: str | None
-    prefix: str
-
-
-def _storage(backend: str, tmp: Path) -> Storage:
-    run = uuid.uuid4().hex[:12]
-    if backend == "embedded":
-        return Storage(backend, f"sqlite+aiosqlite:///{tmp / f'{run}.db'}", "memory://", None, f"bench_{run}")
-    return Storage(backend, POSTGRES_URL, REDIS_URL, f"bench_fanout_{run}", f"bench_fanout_{run}")
-
-
-async def _clean_up(storage: Storage) -> None:
-    """Drop the run's schema and every stream key under its prefix (distributed only)."""
-    if storage.schema is None:
-        return
-    db = Database.open(storage.database_url)
-    try:
-        async with db.transaction() as conn:
-            await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{storage.schema}" CASCADE')
-    finally:
-        await db.close()
-    client = aioredis.from_url(storage.stream_url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{storage.prefix}:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
-async def _versions(backends: Sequence[str]) -> dict[str, str]:
-    found = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": str(os.cpu_count()),
-        "sqlite": sqlite3.sqlite_version,
-        **{name: version(name) for name in ("ironflow", "grpcio", "hypercorn", "redis", "psycopg")},
-    }
-    if "distributed" in backends:
-        client = aioredis.from_url(REDIS_URL)
-        try:
-            found["redis_server"] = str((await client.info("server"))["redis_version"])
-        finally:
-            await client.aclose()
-        engine = create_async_engine(POSTGRES_URL)
-        try:
-            async with engine.connect() as conn:
-                found["postgres"] = str((await conn.execute(sa.text("SHOW server_version"))).scalar_one())
-        finally:
-            await engine.dispose()
-    return found
 
 
 async def _paced(
@@ -278,7 +203,7 @@ def _row(
         "target_rate_per_s": rate,
         **extra,
         "trials": trials,
-        "across_trials": _across(trials),
+        "across_trials": across(trials),
     }
 
 
@@ -411,59 +336,6 @@ async def _engine_layer(
 # -- wire layer: the server and the publisher (this process) ---------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.asynccontextmanager
-async def _server(storage: Storage, log_path: Path, buffer: int) -> AsyncIterator[tuple[str, int]]:
-    """`ironflow serve` in a subprocess on a free port; yields its URL and pid once /health answers."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "IRONFLOW_STREAM_PREFIX": storage.prefix,
-        "IRONFLOW_LOG_LEVEL": "warning",
-        "IRONFLOW_SUBSCRIBER_BUFFER": str(buffer),
-    }
-    if storage.schema is not None:
-        env["IRONFLOW_DATABASE_SCHEMA"] = storage.schema
-    command = [sys.executable, "-m", "ironflow.services.server", "serve", "--port", str(port)]
-    command += ["--database-url", storage.database_url, "--stream-url", storage.stream_url]
-    url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(*command, env=env, stdout=log, stderr=log)
-        try:
-            await _until_healthy(url, process, log_path)
-            yield url, process.pid
-        finally:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    async with asyncio.timeout(20):
-                        await process.wait()
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
-
-
-async def _until_healthy(url: str, process: asyncio.subprocess.Process, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_WITHIN_S
-    async with httpx.AsyncClient() as http:
-        while True:
-            if process.returncode is not None:
-                log = await asyncio.to_thread(log_path.read_text)
-                raise RuntimeError(f"the server exited ({process.returncode}):\n{log[-2000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get(f"{url}/health")).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the server did not answer /health within {READY_WITHIN_S:g}s")
-            await asyncio.sleep(0.05)  # polling the server's health, with a deadline
-
-
 class _Subscribers:
     """The subscriber subprocesses (this script with --wire-client) and their line protocol: each
     prints `ready` once its streams are subscribed, `warm` once each has had a warm-up message, then
@@ -478,7 +350,8 @@ class _Subscribers:
         processes = []
         for share in shares:
             command = [
-                __file__,
+                "-m",
+                "bench.fanout",
                 "--wire-client",
                 url,
                 "--subscribers",
@@ -490,6 +363,8 @@ class _Subscribers:
                 await asyncio.create_subprocess_exec(
                     sys.executable,
                     *command,
+                    cwd=ROOT,
+                    env={**os.environ, "PYTHONPATH": str(ROOT)},
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     limit=1 << 28,  # the report is one long line
@@ -529,16 +404,6 @@ class _Subscribers:
             await process.wait()
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """CPU time (user + system) a process has used so far, from /proc (Linux; None elsewhere)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # after the command name: state is field 3
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _wire_trial(
     client: Client, server: tuple[str, int], *, count: int, messages: int, rate: float, per_process: int
 ) -> Trial:
@@ -566,10 +431,10 @@ async def _wire_trial(
         await _paced(int(WARMUP_WITHIN_S / WARMUP_INTERVAL_S), 1 / WARMUP_INTERVAL_S, warm_up, until=warm)
         async with asyncio.timeout(5.0):
             await warming
-        cpu_before = _cpu_seconds(pid)
+        cpu_before = cpu_seconds(pid)
         elapsed = await _paced(messages, rate, send)
         reports = await subscribers.reports(within=DELIVERED_WITHIN_S)
-        cpu_after = _cpu_seconds(pid)
+        cpu_after = cpu_seconds(pid)
     finally:
         await subscribers.close()
     latencies: list[list[int]] = [[] for _ in range(messages)]
@@ -592,7 +457,9 @@ async def _wire_layer(
     storage: Storage, sizes: Sequence[int], args: argparse.Namespace, tmp: Path, step: Callable[[str], None]
 ) -> list[dict[str, Any]]:
     rows = []
-    async with _server(storage, tmp / f"server-{storage.backend}.log", args.buffer) as server:
+    log_path = tmp / f"server-{storage.backend}.log"
+    buffer = {"IRONFLOW_SUBSCRIBER_BUFFER": str(args.buffer)}
+    async with embedded_server(storage, log_path, buffer) as server:
         client = Client(server_url=server[0])
         try:
             for count in sizes:
@@ -822,14 +689,14 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
         for backend in backends:
             for layer in layers:
-                storage = _storage(backend, tmp)
+                storage = new_storage(backend, tmp, "bench_fanout")
                 try:
                     if layer == "engine":
                         rows += await _engine_layer(storage, sizes, args, step)
                     else:
                         rows += await _wire_layer(storage, sizes, args, tmp, step)
                 finally:
-                    await _clean_up(storage)
+                    await clean_up(storage)
         progress.update(bar, description="done", completed=steps)
     return {
         "settings": {
@@ -850,7 +717,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "subject": SUBJECT,
             "target": {"subscribers": TARGET_SUBSCRIBERS, "p99_ms": TARGET_P99_MS},
         },
-        "versions": await _versions(backends),
+        "versions": await versions(distributed="distributed" in backends),
         "load_average_1m": [load_before, round(os.getloadavg()[0], 2)],
         "rows": rows,
     }
@@ -879,13 +746,14 @@ def main() -> None:
     parser.add_argument(
         "--gc-freeze", action="store_true", help="engine layer: gc.freeze() before each trial (diagnostic)"
     )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder [bench/results]")
     parser.add_argument("--wire-client", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.wire_client:
         asyncio.run(_wire_client(args.wire_client, int(args.subscribers), args.messages))
         return
-    RESULTS.mkdir(exist_ok=True)
-    tmp = RESULTS / f"tmp-{uuid.uuid4().hex[:8]}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = args.out / f"tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         report = asyncio.run(run(args, tmp))
@@ -894,8 +762,8 @@ def main() -> None:
             path.unlink()
         tmp.rmdir()
     name = f"fanout_{args.backend}" + ("_gc_freeze" if args.gc_freeze else "")
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(_markdown(report))
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{name}.md").write_text(_markdown(report))
     print(_markdown(report))
 
 

@@ -1,12 +1,13 @@
 """How long the scheduler takes to match one stored event against open `wait_for_event` waits.
 
-    python bench/wait_matching.py [--backend sqlite|postgres] [--waits 10000] [--events 200]
+    python -m bench.wait_matching [--backend sqlite|postgres] [--waits 10000] [--events 200] [--trials 3]
 
 Sets up N runs waiting for `shipment.created` on distinct keys (`async.data.orderId ==
 event.data.orderId`), plus a smaller set of waits whose expression yields no index key (they are
 evaluated for every event of their name), then times `Scheduler.trigger` for events that resume one
-wait, events whose key matches none, and events with no waits at all (the baseline). Writes JSON and
-a markdown table to bench/results/. Not a test: numbers vary with the machine.
+wait, events whose key matches none, and events with no waits at all (the baseline). Each trial seeds
+a fresh database (resuming a wait consumes it). Writes JSON and a markdown table to bench/results/
+(or `--out`). Not a test: numbers vary with the machine.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench._common import POSTGRES_URL, RESULTS, across, latency_summary
 from ironflow.services.core.cel_keys import key_text
 from ironflow.services.core.protojson import dict_to_struct, to_timestamp
 from ironflow.services.core.signals import RunNotices
@@ -29,11 +31,9 @@ from ironflow.services.core.streams import MemoryStream
 from ironflow.services.scheduler import FunctionCatalog, Scheduler
 from ironflow.v1 import common_pb2, functions_pb2
 
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 KEYED = "async.data.orderId == event.data.orderId"
 # `||` hides the equality from the index: these waits are evaluated one by one for each event.
 UNKEYED = "async.data.orderId == event.data.orderId || async.data.force == true"
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 async def _no_functions() -> list[functions_pb2.Function]:
@@ -107,17 +107,6 @@ async def _seed(db: Database, count: int, match: str, prefix: str, name: str) ->
             )
 
 
-def _summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "count": len(ordered),
-        "p50_ms": round(statistics.median(ordered) * 1000, 3),
-        "p90_ms": round(ordered[int(len(ordered) * 0.9) - 1] * 1000, 3),
-        "p99_ms": round(ordered[max(int(len(ordered) * 0.99) - 1, 0)] * 1000, 3),
-        "mean_ms": round(statistics.fmean(ordered) * 1000, 3),
-    }
-
-
 async def _time(scheduler: Scheduler, events: list[common_pb2.Event]) -> list[float]:
     samples = []
     for event in events:
@@ -127,9 +116,9 @@ async def _time(scheduler: Scheduler, events: list[common_pb2.Event]) -> list[fl
     return samples
 
 
-async def run(
+async def run_trial(
     backend: str, wait_count: int, event_count: int, unkeyed_count: int, tmp: Path
-) -> dict[str, Any]:
+) -> dict[str, dict[str, Any]]:
     db = await _open_database(backend, tmp)
     try:
         await _seed(db, wait_count, KEYED, "k", "shipment.created")
@@ -151,21 +140,47 @@ async def run(
                 _event("parcel.moved", {"orderId": f"none-{n}"}) for n in range(max(event_count // 4, 10))
             ],
         }
-        results = {name: _summary(await _time(scheduler, events)) for name, events in cases.items()}
+        return {
+            name: latency_summary([seconds * 1000 for seconds in await _time(scheduler, events)])
+            for name, events in cases.items()
+        }
     finally:
+        if db.schema is not None:
+            async with db.transaction() as conn:
+                await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{db.schema}" CASCADE')
         await db.close()
-    return {"backend": backend, "waits": wait_count, "unkeyed_waits": unkeyed_count, "cases": results}
+
+
+async def run(
+    backend: str, wait_count: int, event_count: int, unkeyed_count: int, *, trials: int, tmp: Path
+) -> dict[str, Any]:
+    results = []
+    for trial in range(trials):
+        trial_dir = tmp / f"trial-{trial}"
+        trial_dir.mkdir()
+        results.append(await run_trial(backend, wait_count, event_count, unkeyed_count, trial_dir))
+    cases = {}
+    for name in results[0]:
+        per_trial = [trial[name] for trial in results]
+        cases[name] = {"trials": per_trial, "across": across(per_trial)}
+    return {"backend": backend, "waits": wait_count, "unkeyed_waits": unkeyed_count, "cases": cases}
 
 
 def _markdown(report: dict[str, Any]) -> str:
     lines = [
         f"### wait_for_event matching ({report['backend']}, {report['waits']} open keyed waits)",
         "",
-        "| case | events | p50 ms | p90 ms | p99 ms |",
+        "Median over trials [min-max] of each trial's percentile.",
+        "",
+        "| case | events per trial | p50 ms | p90 ms | p99 ms |",
         "|---|---:|---:|---:|---:|",
     ]
     for name, numbers in report["cases"].items():
-        cells = [name, numbers["count"], numbers["p50_ms"], numbers["p90_ms"], numbers["p99_ms"]]
+        across_trials = numbers["across"]
+        cells = [name, numbers["trials"][0]["count"]]
+        for key in ("p50_ms", "p90_ms", "p99_ms"):
+            value = across_trials[key]
+            cells.append(f"{value['median']:.3f} [{value['min']:.3f}-{value['max']:.3f}]")
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -176,19 +191,24 @@ def main() -> None:
     parser.add_argument("--waits", type=int, default=10_000)
     parser.add_argument("--unkeyed-waits", type=int, default=1_000)
     parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder [bench/results]")
     args = parser.parse_args()
-    RESULTS.mkdir(exist_ok=True)
-    tmp = RESULTS / f"tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        report = asyncio.run(run(args.backend, args.waits, args.events, args.unkeyed_waits, tmp))
-    finally:
-        for path in tmp.iterdir():
-            path.unlink()
-        tmp.rmdir()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = asyncio.run(
+            run(
+                args.backend,
+                args.waits,
+                args.events,
+                args.unkeyed_waits,
+                trials=args.trials,
+                tmp=Path(tmp),
+            )
+        )
     name = f"wait_matching_{args.backend}"
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(_markdown(report))
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{name}.md").write_text(_markdown(report))
     print(_markdown(report))
 
 
