@@ -326,6 +326,11 @@ def _settings_section(report: dict[str, Any]) -> list[str]:
         lines.append(f"- {peer}: {versions}; {settings}")
     lines.append(f"- Plan: {report.get('plan')}")
     lines.append(f"- Load average at the end: {report.get('load_average')}; took {report.get('minutes')} min")
+    for rerun in report.get("reruns", []):
+        lines.append(
+            f"- Re-run later (`--into`): {', '.join(rerun['sections'])} at {rerun['started_at']}"
+            f" ({rerun['minutes']} min), plan {rerun['plan']}"
+        )
     return [*lines, ""]
 
 
