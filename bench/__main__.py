@@ -2,7 +2,7 @@
 
 Writes `results.json` (every trial, settings, versions), `results.md` (the tables) and PNG plots to
 `bench/results/<UTC timestamp>/`, with a progress bar while it runs. A default run takes about
-45 minutes on 2 cores (the steady memory run alone is 10); `--quick` is a smoke run of a few minutes
+75 minutes on 2 cores (the steady memory run alone is 10); `--quick` is a smoke run of a few minutes
 with small counts and one trial, whose numbers mean little.
 
 Sections (`--only` picks some): throughput, latency, scaling, steady, fanout, waits, celery, dbos.
