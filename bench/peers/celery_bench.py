@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import platform
 import signal
@@ -43,6 +42,7 @@ from celery.result import ResultSet
 
 # bench/peers/ is sys.path[0] when this file runs as a script, and the worker is started from there.
 from celery_app import REDIS_URL, SETTINGS, app, noop
+from peer_common import BenchError, progress, summarise_ns
 
 PEERS_DIR = Path(__file__).resolve().parent
 POOL = "prefork"
@@ -52,33 +52,6 @@ STOP_DEADLINE_S = 30.0
 # Generous: a trial on a busy 2-core machine takes seconds, so hitting this means something is stuck.
 RESULT_TIMEOUT_S = 300.0
 WARMUP_ROUND_TRIPS = 10
-
-
-class BenchError(Exception):
-    """A failure worth one line on stderr (the driver's contract with bench/_peers.py)."""
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def percentile(ordered: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of an ascending sequence: the smallest value with at least pct% at or
-    below it. Always an observed sample, which keeps p99 of 300-500 samples honest."""
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def summarise_ns(samples_ns: Sequence[int]) -> dict[str, float]:
-    ms = sorted(sample / 1e6 for sample in samples_ns)
-    return {
-        "count": len(ms),
-        "p50_ms": round(percentile(ms, 50), 3),
-        "p90_ms": round(percentile(ms, 90), 3),
-        "p99_ms": round(percentile(ms, 99), 3),
-        "max_ms": round(ms[-1], 3),
-        "mean_ms": round(sum(ms) / len(ms), 3),
-    }
 
 
 def redis_client() -> redis.Redis:

@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import platform
 import sys
 import time
@@ -37,6 +36,9 @@ from typing import Any
 
 import psycopg
 from dbos import DBOS, DBOSConfig
+
+# bench/peers/ is sys.path[0] when this file runs as a script.
+from peer_common import BenchError, progress, summarise_ns
 from psycopg import sql
 
 # Trust auth on the local server; the admin connection only creates and drops the benchmark's database.
@@ -80,33 +82,6 @@ def two_step_workflow() -> int:
 @DBOS.workflow()
 def one_step_workflow() -> int:
     return first_step()
-
-
-class BenchError(Exception):
-    """A failure worth one line on stderr (the driver's contract with bench/_peers.py)."""
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def percentile(ordered: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of an ascending sequence: the smallest value with at least pct% at or
-    below it. Always an observed sample, which keeps p99 of 300-500 samples honest."""
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def summarise_ns(samples_ns: Sequence[int]) -> dict[str, float]:
-    ms = sorted(sample / 1e6 for sample in samples_ns)
-    return {
-        "count": len(ms),
-        "p50_ms": round(percentile(ms, 50), 3),
-        "p90_ms": round(percentile(ms, 90), 3),
-        "p99_ms": round(percentile(ms, 99), 3),
-        "max_ms": round(ms[-1], 3),
-        "mean_ms": round(sum(ms) / len(ms), 3),
-    }
 
 
 def rate(count: int, seconds: float) -> dict[str, float]:
