@@ -370,6 +370,13 @@ def _bar_with_range(ax: Any, labels: list[str], values: list[list[float]], color
         ax.text(median, index, f" {median:,.0f}", va="center", fontsize=8)
 
 
+def _save(fig: Any, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def plot_throughput(report: dict[str, Any], path: Path) -> bool:
     labels, values = [], []
     for (backend, workers), found in _ironflow_throughput(report).items():
@@ -391,10 +398,7 @@ def plot_throughput(report: dict[str, Any], path: Path) -> bool:
     ax.set_xlabel("completed per second (median, range over trials)")
     ax.set_title("Throughput: no-op two-step runs / tasks / workflows")
     ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def plot_latency(report: dict[str, Any], path: Path) -> bool:
@@ -426,10 +430,7 @@ def plot_latency(report: dict[str, Any], path: Path) -> bool:
     ax.set_ylabel("ms, one-step round trip (median of trials)")
     ax.set_title("Latency: emit -> completed, sequential")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def plot_scaling(report: dict[str, Any], path: Path) -> bool:
@@ -453,10 +454,7 @@ def plot_scaling(report: dict[str, Any], path: Path) -> bool:
     right.set_yscale("log")
     right.legend()
     fig.suptitle("Scaling: two-step runs offered open loop")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def plot_memory(report: dict[str, Any], path: Path) -> bool:
@@ -474,10 +472,7 @@ def plot_memory(report: dict[str, Any], path: Path) -> bool:
     ax.set_ylim(bottom=0)
     ax.set_title(f"Server memory at a steady {entries[0]['offered_per_s']:g} runs/s")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def plot_fanout(report: dict[str, Any], path: Path) -> bool:
@@ -502,10 +497,7 @@ def plot_fanout(report: dict[str, Any], path: Path) -> bool:
     ax.set_ylabel("p99 append -> delivery, ms")
     ax.set_title("Fan-out")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
