@@ -22,8 +22,11 @@ def firehose_key(prefix: str = "ironflow") -> str:
 FIREHOSE_STREAM = firehose_key()
 
 
-# Kept on the stream for replay and resumption; Postgres/SQLite keep events forever regardless.
+# Messages kept on the stream for replay and resumption; Postgres/SQLite keep events forever
+# regardless. The in-process stream keeps its messages in the server's own memory (about 1 KiB each,
+# measured), so it keeps fewer: its memory must stay flat under steady load.
 DEFAULT_FIREHOSE_MAXLEN = 1_000_000
+DEFAULT_MEMORY_FIREHOSE_MAXLEN = 100_000
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ironflow.services.core.errors import ErrorCode, ServiceError, invalid_argument, not_found
-from ironflow.services.core.firehose import FIREHOSE_STREAM, FirehoseMessage
+from ironflow.services.core.firehose import DEFAULT_FIREHOSE_MAXLEN, FIREHOSE_STREAM, FirehoseMessage
 from ironflow.services.core.ids import Clock, IdSource, random_id, utc_now
 from ironflow.services.core.revisions import bump_revision
 from ironflow.services.core.storage import (
@@ -104,6 +104,7 @@ class Registry:
         db: Database,
         stream: Stream,
         firehose: str = FIREHOSE_STREAM,
+        firehose_maxlen: int = DEFAULT_FIREHOSE_MAXLEN,
         revision_key: str | None = None,
         clock: Clock = utc_now,
         ids: IdSource = random_id,
@@ -113,6 +114,7 @@ class Registry:
         self._revision_key = revision_key
         self._db = db
         self._firehose = firehose
+        self._firehose_maxlen = firehose_maxlen
         self._stream = stream
         self._clock = clock
         self._ids = ids
@@ -352,6 +354,6 @@ class Registry:
             for stored in changed
         ]
         try:
-            await self._stream.append_many(self._firehose, messages)
+            await self._stream.append_many(self._firehose, messages, maxlen=self._firehose_maxlen)
         except Exception:  # noqa: BLE001 - the registration is durable; the notice is best effort
             log.warning("could not publish registration events for %d functions", len(changed))

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ironflow.services.core.errors import ErrorCode, ServiceError, invalid_argument, not_found
-from ironflow.services.core.firehose import FIREHOSE_STREAM
+from ironflow.services.core.firehose import DEFAULT_FIREHOSE_MAXLEN, FIREHOSE_STREAM
 from ironflow.services.core.ids import Clock, IdSource, random_id, utc_now
 from ironflow.services.core.protojson import duration_seconds, struct_to_dict, to_timestamp
 from ironflow.services.core.signals import RunNotices
@@ -74,6 +74,8 @@ MAX_TIMERS_PER_ROUND = 500
 @dataclass(frozen=True, kw_only=True)
 class SchedulerSettings:
     firehose: str = FIREHOSE_STREAM
+    # Lifecycle events trim the firehose too: runs can make many of them with no user event between.
+    firehose_maxlen: int = DEFAULT_FIREHOSE_MAXLEN
     # How often lapsed leases and run timeouts are looked for.
     sweep_interval: timedelta = timedelta(seconds=1)
     default_lease: timedelta = timedelta(seconds=30)
@@ -649,7 +651,9 @@ class Scheduler:
             return
         try:
             await self._stream.append_many(
-                self._settings.firehose, [message.encode() for message in announced.messages]
+                self._settings.firehose,
+                [message.encode() for message in announced.messages],
+                maxlen=self._settings.firehose_maxlen,
             )
         except Exception:
             log.warning("could not publish %d lifecycle events", len(announced.messages), exc_info=True)

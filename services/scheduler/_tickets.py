@@ -19,6 +19,11 @@ stream: when it is missing or changed (FLUSHALL, a Redis restart without persist
 lost writes), every due run that counted as ticketed is ticketed again. Tickets outstanding longer
 than `stale_after` (partial loss, or no worker at all for that function) are re-issued too; the
 duplicates that leaves behind are dropped by the gateways.
+
+The same rule bounds the ticket streams. A ticket older than twice `stale_after` is dead weight:
+taken and acknowledged, or its run re-issued under a newer ticket long ago. So the reconciler notes
+each stream's newest ticket every round and trims what preceded a note that old. Without it the
+streams keep `maxlen` tickets each, which the in-process stream holds in the server's memory.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -90,6 +95,8 @@ class JobTickets:
         self._clock = clock
         self._wake = asyncio.Event()
         self._epoch: str | None = None
+        # Per ticket stream: (when, its newest ticket id then), oldest first (see `trim_old_tickets`).
+        self._newest_seen: dict[str, deque[tuple[datetime, str]]] = defaultdict(deque)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -200,10 +207,35 @@ class JobTickets:
             self._wake.set()
         return reset
 
+    async def trim_old_tickets(self) -> int:
+        """Drop tickets appended before the newest one seen `2 * stale_after` ago; returns how many.
+
+        Each scheduler replica trims by its own notes; trimming is idempotent, so replicas agree.
+        """
+        now = self._clock()
+        horizon = now - 2 * self._settings.stale_after
+        trimmed = 0
+        for function in await self._catalog.functions():
+            if function.mode != "pull":
+                continue
+            key = jobs_key(self._settings.stream_prefix, function.id)
+            seen = self._newest_seen[key]
+            newest = await self._stream.read_last(key, 1)
+            if newest and (not seen or seen[-1][1] != newest[-1].id):
+                seen.append((now, newest[-1].id))
+            cutoff: str | None = None
+            while seen and seen[0][0] <= horizon:
+                cutoff = seen.popleft()[1]
+            if cutoff is not None:
+                # Everything before the cutoff goes; the cutoff ticket itself is kept (MINID semantics).
+                trimmed += await self._stream.trim(key, min_id=cutoff)
+        return trimmed
+
     async def _reconcile_forever(self) -> None:
         while True:
             try:
                 await self.reconcile()
+                await self.trim_old_tickets()
             except Exception:
                 log.exception("reconciling job tickets failed; retrying")
             await asyncio.sleep(self._settings.reconcile_interval.total_seconds())

@@ -94,7 +94,10 @@ class EmbeddedServer:
         firehose = firehose_key(settings.stream_prefix)
         notices = RunNotices()
         revision_key = functions_revision_key(settings.stream_prefix)
-        registry = Registry(db=db, stream=stream, firehose=firehose, revision_key=revision_key)
+        retention = settings.firehose_maxlen()
+        registry = Registry(
+            db=db, stream=stream, firehose=firehose, firehose_maxlen=retention, revision_key=revision_key
+        )
         catalog = FunctionCatalog(
             _active_functions(registry), revision=lambda: latest_revision(stream, revision_key)
         )
@@ -111,6 +114,7 @@ class EmbeddedServer:
             notices=notices,
             settings=SchedulerSettings(
                 firehose=firehose,
+                firehose_maxlen=retention,
                 push=push_settings(settings),
                 tickets=TicketSettings(stream_prefix=settings.stream_prefix),
             ),
@@ -129,7 +133,9 @@ class EmbeddedServer:
             stream=stream,
             trigger=trigger,
             wait_for_runs=wait_for_runs,
-            settings=IngestSettings(max_payload_bytes=settings.max_payload_bytes, firehose=firehose),
+            settings=IngestSettings(
+                max_payload_bytes=settings.max_payload_bytes, firehose=firehose, firehose_maxlen=retention
+            ),
         )
         ingest_ref.append(ingest)
 
@@ -152,6 +158,7 @@ class EmbeddedServer:
             stream=stream,
             settings=SubscriptionSettings(
                 firehose=firehose,
+                firehose_maxlen=retention,
                 stream_prefix=settings.stream_prefix,
                 buffer_size=settings.subscriber_buffer,
             ),

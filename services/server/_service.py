@@ -238,7 +238,9 @@ class ServiceProcess:
             trigger=scheduler.trigger,
             wait_for_runs=scheduler.wait_for_runs,
             settings=IngestSettings(
-                max_payload_bytes=self.settings.max_payload_bytes, firehose=self._firehose()
+                max_payload_bytes=self.settings.max_payload_bytes,
+                firehose=self._firehose(),
+                firehose_maxlen=self.settings.firehose_maxlen(),
             ),
         )
         rest = EventsRestApp(ingest, max_payload_bytes=self.settings.max_payload_bytes)
@@ -258,6 +260,7 @@ class ServiceProcess:
             db=self._db,
             stream=self._stream,
             firehose=self._firehose(),
+            firehose_maxlen=self.settings.firehose_maxlen(),
             revision_key=functions_revision_key(self.settings.stream_prefix),
         )
         registry.on_change(notices.functions_changed)
@@ -285,6 +288,7 @@ class ServiceProcess:
             notices=notices,
             settings=SchedulerSettings(
                 firehose=self._firehose(),
+                firehose_maxlen=self.settings.firehose_maxlen(),
                 push=push_settings(self.settings),
                 tickets=TicketSettings(stream_prefix=self.settings.stream_prefix),
             ),
@@ -330,6 +334,7 @@ class ServiceProcess:
             stream=self._stream,
             settings=SubscriptionSettings(
                 firehose=self._firehose(),
+                firehose_maxlen=self.settings.firehose_maxlen(),
                 stream_prefix=self.settings.stream_prefix,
                 buffer_size=self.settings.subscriber_buffer,
             ),

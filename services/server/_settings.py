@@ -9,6 +9,7 @@ from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ironflow.services.core.durations import parse_duration
+from ironflow.services.core.firehose import DEFAULT_FIREHOSE_MAXLEN, DEFAULT_MEMORY_FIREHOSE_MAXLEN
 from ironflow.services.core.storage import DEFAULT_SQLITE_URL
 
 
@@ -29,6 +30,11 @@ class ServerSettings(BaseSettings):
     # Postgres only: keep Ironflow's tables in this schema (created if missing).
     database_schema: str | None = None
     stream_url: str = "memory://"
+    # Newest firehose messages kept on the stream for replay and for subscribers resuming from a
+    # sequence (events themselves are stored in the database forever). Unset: 100,000 on the
+    # in-process stream, whose messages live in the server's memory (about 1 KiB each), 1,000,000
+    # on Redis.
+    firehose_retention: int | None = Field(default=None, ge=1000)
     # Prefix of every stream key, so several deployments can share one Redis.
     stream_prefix: str = Field(default="ironflow", pattern=r"^[A-Za-z0-9_.-]+$")
     # Largest event/topic `data` accepted, as compact JSON.
@@ -55,3 +61,11 @@ class ServerSettings(BaseSettings):
     push_breaker_reset: Annotated[timedelta, _duration("push_breaker_reset")] = timedelta(seconds=30)
     # The longest wait between two delivery attempts of one run (the backoff doubles from 1 s up to it).
     push_retry_max: Annotated[timedelta, _duration("push_retry_max")] = timedelta(seconds=60)
+
+    def firehose_maxlen(self) -> int:
+        """`firehose_retention`, or the default for the configured stream backend."""
+        if self.firehose_retention is not None:
+            return self.firehose_retention
+        if self.stream_url.startswith("memory:"):
+            return DEFAULT_MEMORY_FIREHOSE_MAXLEN
+        return DEFAULT_FIREHOSE_MAXLEN

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from ironflow.services.core.errors import ErrorCode, ServiceError, invalid_argument, not_found
-from ironflow.services.core.firehose import FIREHOSE_STREAM
+from ironflow.services.core.firehose import DEFAULT_FIREHOSE_MAXLEN, FIREHOSE_STREAM
 from ironflow.services.core.ids import Clock, IdSource, random_id, utc_now
 from ironflow.services.core.storage import Database
 from ironflow.services.core.streams import Stream
@@ -48,6 +48,8 @@ _REPLAY_PAGE = 500
 @dataclass(frozen=True, slots=True)
 class SubscriptionSettings:
     firehose: str = FIREHOSE_STREAM
+    # Dead-letter notices appended to the firehose trim it to this many messages.
+    firehose_maxlen: int = DEFAULT_FIREHOSE_MAXLEN
     # Prefix of the per-group stream keys (dead letters, replays), as for the firehose.
     stream_prefix: str = "ironflow"
     # Messages a subscription may have waiting for its subscriber before it is dropped (live) or
@@ -287,6 +289,7 @@ class SubscriptionEngine:
         return GroupKeys.for_group(
             prefix=self.settings.stream_prefix,
             firehose=self.settings.firehose,
+            firehose_maxlen=self.settings.firehose_maxlen,
             name=name,
             ephemeral=ephemeral,
         )

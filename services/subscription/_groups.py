@@ -62,12 +62,23 @@ class GroupKeys:
     stream_group: str
     dead: str
     replay: str
+    # Dead-letter notices appended to the firehose trim it to this many messages, as every writer does.
+    firehose_maxlen: int = DEFAULT_FIREHOSE_MAXLEN
 
     @classmethod
-    def for_group(cls, *, prefix: str, firehose: str, name: str, ephemeral: bool) -> GroupKeys:
+    def for_group(
+        cls,
+        *,
+        prefix: str,
+        firehose: str,
+        name: str,
+        ephemeral: bool,
+        firehose_maxlen: int = DEFAULT_FIREHOSE_MAXLEN,
+    ) -> GroupKeys:
         kind = "ephemeral" if ephemeral else "group"
         return cls(
             firehose=firehose,
+            firehose_maxlen=firehose_maxlen,
             stream_group=f"{kind}:{name}",
             dead=f"{prefix}:{kind}:{name}:dead",
             replay=f"{prefix}:{kind}:{name}:replay",
@@ -304,7 +315,7 @@ class GroupRuntime:
                 ).encode()
             )
         await self._stream.append_many(self.keys.dead, kept)
-        await self._stream.append_many(self.keys.firehose, announced, maxlen=DEFAULT_FIREHOSE_MAXLEN)
+        await self._stream.append_many(self.keys.firehose, announced, maxlen=self.keys.firehose_maxlen)
         await self._stream.ack(key, self.keys.stream_group, [one.entry.id for one in entries])
         log.info(
             "group %s: %d messages dead-lettered after %d deliveries",
