@@ -299,6 +299,9 @@ def _steady_section(report: dict[str, Any]) -> list[str]:
                 f"{growth['rss_at_end_mib']:,.1f}",
                 f"{growth['growth_mib']:+,.1f}",
                 f"{growth['slope_mib_per_min']:+.3f}",
+                f"{growth['last_third_slope_mib_per_min']:+.3f}"
+                if "last_third_slope_mib_per_min" in growth
+                else "",
                 f"{entry['server_memory']['peak_rss_mib']:,.1f}",
             ]
         )
@@ -311,6 +314,7 @@ def _steady_section(report: dict[str, Any]) -> list[str]:
         "RSS at end MiB",
         "growth MiB",
         "slope MiB/min",
+        "slope over the last third",
         "peak MiB",
     ]
     return ["## Memory over a steady run", "", *_table(header, rows)]

@@ -301,17 +301,29 @@ async def steady(backend: str, rate: float, minutes: float, tmp: Path, step: Ste
 
 
 def _growth(samples: Sequence[dict[str, float]]) -> dict[str, float]:
-    """RSS after the first minute (warm caches, full pools) versus the end, and the fitted slope."""
+    """RSS after the first minute (warm caches, full pools) versus the end, and fitted slopes.
+
+    The slope over the last third tells a leak from bounded buffers filling (the in-process
+    firehose keeps `firehose_retention` messages): a leak keeps its slope to the end.
+    """
     settled = [sample for sample in samples if sample["seconds"] >= 60] or list(samples)
-    minutes = [sample["seconds"] / 60 for sample in settled]
+    last_third = settled[len(settled) * 2 // 3 :]
     rss = [sample["rss_mib"] for sample in settled]
-    slope = statistics.linear_regression(minutes, rss).slope if len(settled) > 1 else 0.0
     return {
         "rss_at_1_min_mib": rss[0],
         "rss_at_end_mib": rss[-1],
         "growth_mib": round(rss[-1] - rss[0], 1),
-        "slope_mib_per_min": round(slope, 3),
+        "slope_mib_per_min": _slope(settled),
+        "last_third_slope_mib_per_min": _slope(last_third),
     }
+
+
+def _slope(samples: Sequence[dict[str, float]]) -> float:
+    if len(samples) < 2:
+        return 0.0
+    minutes = [sample["seconds"] / 60 for sample in samples]
+    rss = [sample["rss_mib"] for sample in samples]
+    return round(statistics.linear_regression(minutes, rss).slope, 3)
 
 
 __all__ = ["latency", "one_step", "scaling", "steady", "throughput"]
