@@ -24,9 +24,9 @@ FIREHOSE_STREAM = firehose_key()
 
 # Messages kept on the stream for replay and resumption; Postgres/SQLite keep events forever
 # regardless. The in-process stream keeps its messages in the server's own memory (about 1 KiB each,
-# measured), so it keeps fewer: its memory must stay flat under steady load.
+# measured, so about 50 MiB), so it keeps fewer: its memory must stay flat under steady load.
 DEFAULT_FIREHOSE_MAXLEN = 1_000_000
-DEFAULT_MEMORY_FIREHOSE_MAXLEN = 100_000
+DEFAULT_MEMORY_FIREHOSE_MAXLEN = 50_000
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ class ServerSettings(BaseSettings):
     database_schema: str | None = None
     stream_url: str = "memory://"
     # Newest firehose messages kept on the stream for replay and for subscribers resuming from a
-    # sequence (events themselves are stored in the database forever). Unset: 100,000 on the
+    # sequence (events themselves are stored in the database forever). Unset: 50,000 on the
     # in-process stream, whose messages live in the server's memory (about 1 KiB each), 1,000,000
     # on Redis.
     firehose_retention: int | None = Field(default=None, ge=1000)
