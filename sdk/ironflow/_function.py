@@ -75,10 +75,13 @@ class EventTrigger:
 class CronTrigger:
     schedule: str
     timezone: str | None = None
+    catch_up: bool = False
 
     def to_proto(self) -> functions_pb2.Trigger:
         return functions_pb2.Trigger(
-            cron=functions_pb2.CronTrigger(schedule=self.schedule, timezone=self.timezone or "")
+            cron=functions_pb2.CronTrigger(
+                schedule=self.schedule, timezone=self.timezone or "", catch_up=self.catch_up
+            )
         )
 
 
@@ -89,11 +92,28 @@ def on_event(event: str, if_: str | None = None) -> EventTrigger:
     return EventTrigger(event=event, if_=if_)
 
 
-def on_cron(schedule: str, timezone: str | None = None) -> CronTrigger:
-    """Start the function on a five-field cron schedule (in `timezone`, default UTC)."""
-    if not isinstance(schedule, str) or not schedule.strip():
-        raise ValueError("on_cron: schedule must be a cron expression such as '0 9 * * *'")
-    return CronTrigger(schedule=schedule, timezone=timezone)
+def on_cron(schedule: str, timezone: str | None = None, *, catch_up: bool = False) -> CronTrigger:
+    """Start the function on a five-field cron schedule (`minute hour day-of-month month
+    day-of-week`), read in `timezone` (an IANA name such as "Europe/Berlin"; default UTC).
+
+    Each tick starts one run, whatever the number of scheduler replicas. Its event is
+    `system.cron.<function id>`, and `ctx.event.data["scheduled_at"]` is the tick's time (ISO 8601,
+    UTC). Ticks missed while no scheduler was running are skipped; with `catch_up=True` the latest
+    missed one still fires when a scheduler is back (`data["catch_up"]` is then true). The server
+    checks the expression and the zone when the function is registered.
+    """
+    if not isinstance(schedule, str) or len(schedule.split()) != 5:
+        raise ValueError(
+            "on_cron: schedule must be a five-field cron expression (minute hour day-of-month month "
+            f"day-of-week) such as '0 9 * * *'; got {schedule!r}"
+        )
+    if timezone is not None and (not isinstance(timezone, str) or not timezone):
+        raise ValueError(
+            f"on_cron: timezone must be an IANA zone name such as 'Europe/Berlin'; got {timezone!r}"
+        )
+    if not isinstance(catch_up, bool):
+        raise ValueError(f"on_cron: catch_up must be True or False; got {catch_up!r}")
+    return CronTrigger(schedule=schedule, timezone=timezone, catch_up=catch_up)
 
 
 @dataclass(frozen=True)

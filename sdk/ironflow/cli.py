@@ -245,10 +245,7 @@ def build_app() -> typer.Typer:
             _id_column(), "version", "status", "mode", "triggers", *(("endpoint", "circuit") if push else ())
         )
         for function in functions:
-            triggers = ", ".join(
-                t.get("event", {}).get("event") or t.get("cron", {}).get("schedule", "")
-                for t in function.triggers
-            )
+            triggers = ", ".join(_trigger_text(t) for t in function.triggers)
             row: list[str | Text] = [
                 Text(function.id),
                 str(function.version),
@@ -563,6 +560,15 @@ _CIRCUIT_STYLES = {"closed": "green", "open": "red", "half_open": "yellow"}
 
 def _circuit(state: str) -> Text:
     return Text(state, style=_CIRCUIT_STYLES.get(state, ""))
+
+
+def _trigger_text(trigger: dict[str, Any]) -> str:
+    """An event pattern, or a cron schedule with its zone (`0 9 * * * Europe/Berlin, catch-up`)."""
+    if "event" in trigger:
+        return str(trigger["event"].get("event", ""))
+    cron = trigger.get("cron", {})
+    text = f"{cron.get('schedule', '')} {cron.get('timezone') or 'UTC'}"
+    return f"{text}, catch-up" if cron.get("catch_up") else text
 
 
 def _status(status: str) -> Text:

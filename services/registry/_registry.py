@@ -132,8 +132,9 @@ class Registry:
             raise invalid_argument("functions", f"at most {MAX_FUNCTIONS_PER_REQUEST} per request")
         if endpoint_url:
             check_endpoint_url(endpoint_url, field="endpoint_url")
+        now = self._clock()
         normalised = [
-            normalise_definition(d, field=f"functions[{i}]", default_endpoint_url=endpoint_url)
+            normalise_definition(d, field=f"functions[{i}]", default_endpoint_url=endpoint_url, now=now)
             for i, d in enumerate(definitions)
         ]
         seen: set[str] = set()

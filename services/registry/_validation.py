@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from urllib.parse import urlparse
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ironflow.services.core.cel import check_expression
+from ironflow.services.core.cron import parse_schedule
 from ironflow.services.core.errors import invalid_argument
 from ironflow.services.core.subjects import NamePattern
 from ironflow.v1 import functions_pb2
@@ -24,9 +25,11 @@ def check_endpoint_url(url: str, *, field: str) -> str:
 
 
 def normalise_definition(
-    definition: functions_pb2.FunctionDefinition, *, field: str, default_endpoint_url: str
+    definition: functions_pb2.FunctionDefinition, *, field: str, default_endpoint_url: str, now: datetime
 ) -> functions_pb2.FunctionDefinition:
-    """A validated copy with defaults made explicit (so equal meanings give equal digests)."""
+    """A validated copy with defaults made explicit (so equal meanings give equal digests): a cron
+    trigger's zone defaults to `UTC` and its schedule's whitespace is normalised. `now` is the
+    registration time (a cron schedule must still fire after it)."""
     result = functions_pb2.FunctionDefinition()
     result.CopyFrom(definition)
     if not _FUNCTION_ID.fullmatch(result.id):
@@ -38,7 +41,7 @@ def normalise_definition(
     if not result.name:
         result.name = result.id
     for index, trigger in enumerate(result.triggers):
-        _check_trigger(trigger, field=f"{field}.triggers[{index}]")
+        _check_trigger(trigger, field=f"{field}.triggers[{index}]", now=now)
     for index, cancel in enumerate(result.cancel_on):
         NamePattern.parse(cancel.event, field=f"{field}.cancel_on[{index}].event")
         if getattr(cancel, "if"):
@@ -73,7 +76,7 @@ def _resolve_mode(
         raise invalid_argument(f"{field}.endpoint_url", "is only for push mode functions")
 
 
-def _check_trigger(trigger: functions_pb2.Trigger, *, field: str) -> None:
+def _check_trigger(trigger: functions_pb2.Trigger, *, field: str, now: datetime) -> None:
     kind = trigger.WhichOneof("kind")
     if kind == "event":
         NamePattern.parse(trigger.event.event, field=f"{field}.event")
@@ -81,15 +84,9 @@ def _check_trigger(trigger: functions_pb2.Trigger, *, field: str) -> None:
         if condition:
             check_expression(condition, field=f"{field}.if")
     elif kind == "cron":
-        if not trigger.cron.schedule.strip():
-            raise invalid_argument(f"{field}.cron.schedule", "is required")
-        if trigger.cron.timezone:
-            try:
-                ZoneInfo(trigger.cron.timezone)
-            except (ZoneInfoNotFoundError, ValueError) as exc:
-                raise invalid_argument(
-                    f"{field}.cron.timezone", f"unknown time zone {trigger.cron.timezone!r}"
-                ) from exc
+        parsed = parse_schedule(trigger.cron.schedule, trigger.cron.timezone, field=f"{field}.cron", now=now)
+        trigger.cron.schedule = parsed.schedule
+        trigger.cron.timezone = parsed.timezone
     else:
         raise invalid_argument(field, "must be an event or a cron trigger")
 

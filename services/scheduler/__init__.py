@@ -1,6 +1,7 @@
 """The scheduler service (SchedulerService): triggering, runs and steps, leases, retries, timeouts."""
 
 from ._catalog import CompiledFunction, FunctionCatalog, FunctionSource
+from ._cron import CRON_EVENT_PREFIX, CronSettings
 from ._options import RunOptions
 from ._push import PushSettings
 from ._remote import remote_functions, remote_watermark
@@ -11,7 +12,9 @@ from ._system_events import step_token
 from ._tickets import TicketSettings
 
 __all__ = [
+    "CRON_EVENT_PREFIX",
     "CompiledFunction",
+    "CronSettings",
     "EventWatermark",
     "FunctionCatalog",
     "FunctionSource",

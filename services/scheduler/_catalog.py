@@ -18,6 +18,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ironflow.services.core.cel import Expression, compile_expression
+from ironflow.services.core.cron import CronSchedule, parse_schedule
+from ironflow.services.core.errors import ServiceError
 from ironflow.services.core.ids import Clock, utc_now
 from ironflow.services.core.subjects import NamePattern
 from ironflow.v1 import functions_pb2
@@ -42,6 +44,18 @@ class EventTrigger:
 
 
 @dataclass(frozen=True)
+class CronTrigger:
+    schedule: CronSchedule
+    # Fire the latest tick missed while no scheduler was running (only that one).
+    catch_up: bool
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What tells two cron triggers of one function apart: (schedule, zone)."""
+        return self.schedule.schedule, self.schedule.timezone
+
+
+@dataclass(frozen=True)
 class CompiledFunction:
     id: str
     version: int
@@ -52,6 +66,8 @@ class CompiledFunction:
     cancel_on: tuple[EventTrigger, ...] = ()
     # Push mode: where the dispatcher POSTs its runs.
     endpoint_url: str = ""
+    # Cron schedules that start runs (fired by `_cron.py`), one per (schedule, zone).
+    crons: tuple[CronTrigger, ...] = ()
 
     def matches(self, name: str, variables: dict[str, Any]) -> bool:
         return any(trigger.matches(name, variables) for trigger in self.triggers)
@@ -71,6 +87,14 @@ def compile_function(function: functions_pb2.Function) -> CompiledFunction:
         _event_trigger(trigger, f"functions[{definition.id}].cancel_on[{index}]")
         for index, trigger in enumerate(definition.cancel_on)
     ]
+    crons: dict[tuple[str, str], CronTrigger] = {}
+    for index, trigger in enumerate(definition.triggers):
+        if trigger.WhichOneof("kind") == "cron":
+            cron = _cron_trigger(trigger.cron, f"functions[{definition.id}].triggers[{index}].cron")
+            if cron is not None:
+                # The same schedule twice is one schedule; it catches up if either says so.
+                known = crons.get(cron.key)
+                crons[cron.key] = cron if known is None or cron.catch_up else known
     return CompiledFunction(
         id=definition.id,
         version=function.version,
@@ -79,7 +103,19 @@ def compile_function(function: functions_pb2.Function) -> CompiledFunction:
         options=RunOptions.from_definition(definition),
         cancel_on=tuple(cancel_on),
         endpoint_url=definition.endpoint_url,
+        crons=tuple(crons.values()),
     )
+
+
+def _cron_trigger(trigger: functions_pb2.CronTrigger, field: str) -> CronTrigger | None:
+    try:
+        schedule = parse_schedule(trigger.schedule, trigger.timezone, field=field, now=utc_now())
+    except ServiceError as exc:
+        # Registered before schedules were checked (or the zone left this machine's tz database):
+        # that trigger cannot fire, but the function's event triggers still work.
+        log.warning("cron trigger %s cannot fire: %s", field, exc.message)
+        return None
+    return CronTrigger(schedule=schedule, catch_up=trigger.catch_up)
 
 
 def _event_trigger(trigger: functions_pb2.EventTrigger, field: str) -> EventTrigger:

@@ -133,11 +133,14 @@ def event_to_json(event: common_pb2.Event) -> dict[str, Any]:
 
 
 def event_from_json(document: dict[str, Any]) -> common_pb2.Event:
+    # Engine events that start runs (cron ticks) are kept with their namespace, `system`, whose
+    # subjects have no prefix; everything else that starts a run is in `events`.
+    namespace = document.get("namespace") or "events"
     event = common_pb2.Event(
         id=document["id"],
         name=document["name"],
-        namespace="events",
-        subject=f"events:{document['name']}",
+        namespace=namespace,
+        subject=document["name"] if namespace == "system" else f"{namespace}:{document['name']}",
         data=dict_to_struct(document.get("data") or {}),
         metadata=document.get("metadata") or {},
         sequence=document.get("sequence") or 0,

@@ -70,6 +70,33 @@ async def start_run(
     parent_step_id: str | None = None,
 ) -> str:
     """Create the run of `function` for `event` unless it exists; returns its id."""
+    run_id, _ = await create_run(
+        conn,
+        function,
+        event,
+        now=now,
+        ids=ids,
+        dialect=dialect,
+        events=events,
+        parent_run_id=parent_run_id,
+        parent_step_id=parent_step_id,
+    )
+    return run_id
+
+
+async def create_run(
+    conn: AsyncConnection,
+    function: CompiledFunction,
+    event: dict[str, Any],
+    *,
+    now: datetime,
+    ids: IdSource,
+    dialect: str,
+    events: SystemEvents,
+    parent_run_id: str | None = None,
+    parent_step_id: str | None = None,
+) -> tuple[str, bool]:
+    """`start_run`, also saying whether the run is new (False: the event had started it already)."""
     with telemetry.span(
         f"{telemetry.SPAN_CREATE_RUN} {function.id}",
         attributes={telemetry.ATTR_FUNCTION_ID: function.id, telemetry.ATTR_EVENT_ID: event["id"]},
@@ -106,4 +133,4 @@ async def start_run(
             notice["parent_run_id"] = parent_run_id
         events.run(run_id, "created", notice)
         events.due = True
-    return run_id
+    return run_id, created

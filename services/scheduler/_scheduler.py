@@ -35,6 +35,7 @@ from ironflow.v1 import common_pb2, runs_pb2
 from . import _queries
 from ._catalog import CompiledFunction, FunctionCatalog
 from ._convert import event_from_json, event_to_json, memoized_step
+from ._cron import CronSettings, CronTicks
 from ._invocation import invoked_event, start_run
 from ._matchers import MatchCache, event_variables
 from ._matching import has_open_waits, resume_waits, runs_to_cancel
@@ -91,6 +92,8 @@ class SchedulerSettings:
     push: PushSettings = field(default_factory=PushSettings)
     # Job tickets for pull workers (their stream keys use the deployment's stream prefix).
     tickets: TicketSettings = field(default_factory=TicketSettings)
+    # Cron triggers: how often they are looked at, and how late a tick may be before it counts as missed.
+    cron: CronSettings = field(default_factory=CronSettings)
 
 
 class Scheduler:
@@ -132,6 +135,14 @@ class Scheduler:
             settings=self._settings.tickets,
             clock=clock,
         )
+        self.cron = CronTicks(
+            db=db,
+            catalog=catalog,
+            after_commit=self._after_commit,
+            settings=self._settings.cron,
+            clock=clock,
+            ids=ids,
+        )
 
     @property
     def catalog(self) -> FunctionCatalog:
@@ -146,8 +157,10 @@ class Scheduler:
         ]
         await self.push.start()
         await self.tickets.start()
+        await self.cron.start()
 
     async def stop(self) -> None:
+        await self.cron.stop()
         await self.tickets.stop()
         await self.push.stop()
         for task in self._tasks:

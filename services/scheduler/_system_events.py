@@ -49,6 +49,15 @@ class SystemEvents:
             {"run_id": run_id, "step_id": step_id, **data},
         )
 
+    def engine_event(self, event: dict[str, Any], *, position: int | None = None) -> None:
+        """Announce an engine event a run was started from (stored form, as `event_to_json` gives),
+        under its own id; `position` puts it before messages added since (such as the run's
+        `created`)."""
+        message = FirehoseMessage(
+            subject=event["name"], event_id=event["id"], timestamp=self.now, data=event["data"]
+        )
+        self.messages.insert(len(self.messages) if position is None else position, message)
+
     def _add(self, subject: str, data: dict[str, Any]) -> None:
         self.messages.append(
             FirehoseMessage(subject=subject, event_id=self.ids("evt"), timestamp=self.now, data=data)

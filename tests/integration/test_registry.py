@@ -30,6 +30,20 @@ def _definition(
     return functions_pb2.FunctionDefinition(id=function_id, triggers=[trigger])
 
 
+def _cron_definition(
+    schedule: str, *, timezone: str = "", catch_up: bool = False, function_id: str = "f"
+) -> functions_pb2.FunctionDefinition:
+    """A function started by an event and by a cron schedule (its second trigger)."""
+    cron = functions_pb2.CronTrigger(schedule=schedule, timezone=timezone, catch_up=catch_up)
+    return functions_pb2.FunctionDefinition(
+        id=function_id,
+        triggers=[
+            functions_pb2.Trigger(event=functions_pb2.EventTrigger(event="report.requested")),
+            functions_pb2.Trigger(cron=cron),
+        ],
+    )
+
+
 async def test_versions_increase_only_on_change(
     registry: functions_pb2_grpc.RegistryServiceStub, live_server: LiveServer
 ) -> None:
@@ -86,6 +100,9 @@ async def test_invalid_cel_is_rejected_naming_the_expression_and_nothing_is_stor
             functions_pb2.FunctionDefinition(id="f", retry=functions_pb2.RetryPolicy(on_exhausted="explode")),
             "functions[0].retry.on_exhausted",
         ),
+        (_cron_definition("61 * * * *"), "functions[0].triggers[1].cron.schedule"),
+        (_cron_definition("0 9 * *"), "functions[0].triggers[1].cron.schedule"),
+        (_cron_definition("0 9 * * *", timezone="Europe/Atlantis"), "functions[0].triggers[1].cron.timezone"),
     ],
 )
 async def test_bad_definitions_are_invalid_argument_naming_the_field(
@@ -165,3 +182,43 @@ async def test_cli_lists_and_shows_functions(
     _, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 1
     assert "NOT_FOUND" in err.decode()
+
+
+async def test_a_cron_trigger_is_normalised_and_shown_by_get_function_and_the_cli(
+    registry: functions_pb2_grpc.RegistryServiceStub, live_server: LiveServer
+) -> None:
+    """The zone defaults to UTC and the schedule's spacing is tidied, so the same schedule written two
+    ways is one version; GetFunction, the SDK and `ironflow functions get` show the trigger."""
+    request = functions_pb2.RegisterFunctionsRequest
+    first = await registry.RegisterFunctions(
+        request(functions=[_cron_definition("0  9 * * mon-fri", function_id="report")])
+    )
+    again = await registry.RegisterFunctions(
+        request(functions=[_cron_definition("0 9 * * mon-fri", timezone="UTC", function_id="report")])
+    )
+    berlin = await registry.RegisterFunctions(
+        request(
+            functions=[
+                _cron_definition(
+                    "0 9 * * mon-fri", timezone="Europe/Berlin", catch_up=True, function_id="report"
+                )
+            ]
+        )
+    )
+    assert [first.functions[0].version, again.functions[0].version, berlin.functions[0].version] == [1, 1, 2]
+    shown = await registry.GetFunction(functions_pb2.GetFunctionRequest(id="report"))
+    cron = shown.function.definition.triggers[1].cron
+    assert (cron.schedule, cron.timezone, cron.catch_up) == ("0 9 * * mon-fri", "Europe/Berlin", True)
+
+    async with ironflow.Client(live_server.url) as client:
+        info = await client.get_function("report")
+    expected = {"cron": {"schedule": "0 9 * * mon-fri", "timezone": "Europe/Berlin", "catch_up": True}}
+    assert info.triggers[1] == expected
+
+    cli = [sys.executable, "-m", "ironflow.services.server", "--server-url", live_server.url]
+    process = await asyncio.create_subprocess_exec(
+        *cli, "functions", "get", "report", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    assert json.loads(out)["triggers"][1] == expected

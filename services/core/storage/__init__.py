@@ -4,6 +4,7 @@ from ._database import DEFAULT_SQLITE_URL, Database, is_transient
 from ._migrate import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
 from ._tables import (
     consumer_groups,
+    cron_schedules,
     events,
     function_versions,
     functions,
@@ -25,6 +26,7 @@ __all__ = [
     "Database",
     "UTCDateTime",
     "consumer_groups",
+    "cron_schedules",
     "events",
     "function_versions",
     "functions",

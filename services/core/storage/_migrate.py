@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from ._database import Database
 from ._tables import (
     consumer_groups,
+    cron_schedules,
     events,
     metadata,
     push_endpoints,
@@ -82,6 +83,10 @@ def _add_job_tickets(conn: sa.Connection) -> None:
     _add_run_columns(conn, runs.c.ticketed_sequence, runs.c.ticketed_at)
 
 
+def _add_cron_schedules(conn: sa.Connection) -> None:
+    cron_schedules.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, functions, function versions, runs, steps, waits", _create_initial_tables),
     Migration(
@@ -91,6 +96,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "circuit breaker state of push endpoints", _add_push_endpoints),
     Migration(5, "consumer groups and topic statistics", _add_subscriptions),
     Migration(6, "job tickets: which runs have a delivery on the stream", _add_job_tickets),
+    Migration(7, "cron triggers: the next tick of each schedule", _add_cron_schedules),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

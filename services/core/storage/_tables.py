@@ -192,6 +192,27 @@ waits = sa.Table(
     ),
 )
 
+# scheduler: where each cron trigger of an active function stands. One row per (function, schedule,
+# zone); a changed schedule or zone is a new row. `next_at` is the next tick not yet fired or skipped:
+# scheduler replicas claim due rows with SKIP LOCKED, start the tick's run and move `next_at` on in
+# one transaction. Rows follow the registry's active functions (paused and deleted ones lose theirs,
+# so re-activating one starts from its next tick). Added by migration 7.
+cron_schedules = sa.Table(
+    "cron_schedules",
+    metadata,
+    sa.Column("function_id", sa.String(128), primary_key=True),
+    sa.Column("schedule", sa.String(256), primary_key=True),
+    sa.Column("timezone", sa.String(64), primary_key=True),
+    sa.Column("catch_up", sa.Boolean, nullable=False),
+    sa.Column("next_at", UTCDateTime, nullable=False),
+    # The scheduled time of the last tick that started a run, and that run.
+    sa.Column("last_tick_at", UTCDateTime, nullable=True),
+    sa.Column("last_run_id", sa.String(64), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_cron_schedules_next_at", "next_at"),
+)
+
 # scheduler: the circuit breaker of each push endpoint, written when its state changes so that
 # GetFunction can show it and a restarted dispatcher resumes where it was. Added by migration 4.
 push_endpoints = sa.Table(
