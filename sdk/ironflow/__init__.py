@@ -17,7 +17,17 @@ async with ironflow.subscribe("system.run.>", replay=10) as sub:   # real-time m
 from ._client import Client
 from ._context import Context
 from ._errors import InvokeError, IronflowError, NonRetryableError, RetryAfterError, StepError
-from ._function import CronTrigger, EventTrigger, Function, Retry, function, on_cron, on_event
+from ._function import (
+    CronTrigger,
+    EventTrigger,
+    Function,
+    Idempotency,
+    RateLimit,
+    Retry,
+    function,
+    on_cron,
+    on_event,
+)
 from ._models import (
     ConsumerGroup,
     EmitResult,
@@ -51,6 +61,7 @@ __all__ = [
     "EventTrigger",
     "Function",
     "FunctionInfo",
+    "Idempotency",
     "InvokeError",
     "InvokeHandle",
     "IronflowError",
@@ -58,6 +69,7 @@ __all__ = [
     "NonRetryableError",
     "PublishResult",
     "PushApp",
+    "RateLimit",
     "Retry",
     "RetryAfterError",
     "Run",

@@ -1,4 +1,4 @@
-"""Declaring functions: `@ironflow.function`, its triggers and its retry policy.
+"""Declaring functions: `@ironflow.function`, its triggers, retry policy, rate limit and idempotency.
 
 The decorator only describes; nothing is sent until a worker connects (pull mode) or the app calls
 `client.register` (push mode). The description becomes a `FunctionDefinition`, which the server
@@ -56,6 +56,57 @@ class Retry:
             factor=self.factor,
             max_delay=to_duration_proto(self.max_delay, field="retry.max_delay"),
             on_exhausted=self.on_exhausted,
+        )
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Start at most `limit` runs per `period` (in any window of that length), per value of the CEL
+    `key` over `event` (one shared limit without a key). Events over the limit start no run: they are
+    skipped, not queued, and `system.function.<id>.skipped` says so (reason `rate_limited`)."""
+
+    limit: int
+    period: Duration
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            raise ValueError(f"rate_limit.limit: must be a positive integer, got {self.limit!r}")
+        if to_seconds(self.period, field="rate_limit.period") <= 0:
+            raise ValueError(f"rate_limit.period: must be positive, got {self.period!r}")
+        if self.key is not None and (not isinstance(self.key, str) or not self.key):
+            raise ValueError(
+                f"rate_limit.key: must be a CEL expression such as 'event.data.userId', got {self.key!r}"
+            )
+
+    def to_proto(self) -> functions_pb2.RateLimit:
+        return functions_pb2.RateLimit(
+            limit=self.limit,
+            period=to_duration_proto(self.period, field="rate_limit.period"),
+            key=self.key or "",
+        )
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """At most one run per value of the CEL `key` over `event` within `window` (24 hours by default):
+    a later event with the same key starts no run (`system.function.<id>.skipped`, reason
+    `idempotent`)."""
+
+    key: str
+    window: Duration = "24h"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not self.key:
+            raise ValueError(
+                f"idempotency.key: must be a CEL expression such as 'event.data.orderId', got {self.key!r}"
+            )
+        if to_seconds(self.window, field="idempotency.window") <= 0:
+            raise ValueError(f"idempotency.window: must be positive, got {self.window!r}")
+
+    def to_proto(self) -> functions_pb2.Idempotency:
+        return functions_pb2.Idempotency(
+            key=self.key, window=to_duration_proto(self.window, field="idempotency.window")
         )
 
 
@@ -129,6 +180,8 @@ class Function:
     name: str | None = None
     # Events that cancel a running instance (`if_` sees `event`, the run's trigger, and `async`).
     cancel_on: tuple[EventTrigger, ...] = ()
+    rate_limit: RateLimit | None = None
+    idempotency: Idempotency | None = None
 
     def definition(self, *, endpoint_url: str | None = None) -> functions_pb2.FunctionDefinition:
         definition = functions_pb2.FunctionDefinition(
@@ -142,6 +195,10 @@ class Function:
         )
         if self.timeout is not None:
             definition.timeout.FromTimedelta(timedelta(seconds=self.timeout))
+        if self.rate_limit is not None:
+            definition.rate_limit.CopyFrom(self.rate_limit.to_proto())
+        if self.idempotency is not None:
+            definition.idempotency.CopyFrom(self.idempotency.to_proto())
         return definition
 
 
@@ -154,11 +211,18 @@ def function(
     mode: str = "pull",
     name: str | None = None,
     cancel_on: Sequence[EventTrigger] = (),
+    rate_limit: RateLimit | None = None,
+    idempotency: str | Idempotency | None = None,
 ) -> Callable[[Handler], Function]:
     """Declare a durable function; decorates an `async def handler(ctx)`.
 
     `cancel_on=[ironflow.on_event("order.cancelled", if_="async.data.id == event.data.id")]` cancels a
     running instance when a matching event arrives (`event` is the run's trigger, `async` the new one).
+
+    `rate_limit=ironflow.RateLimit(limit=10, period="1m", key="event.data.userId")` skips events beyond
+    10 runs a minute per user; `idempotency="event.data.orderId"` (or `ironflow.Idempotency(key=...,
+    window="24h")`) starts one run per order id within the window. Keys are CEL over `event`; a key
+    that cannot be evaluated (a missing field) or is null counts as one shared empty key.
     """
     if not isinstance(id, str) or not _FUNCTION_ID.fullmatch(id):
         raise ValueError(
@@ -172,6 +236,13 @@ def function(
     for index, trigger in enumerate(cancel_on):
         if not isinstance(trigger, EventTrigger):
             raise ValueError(f"cancel_on[{index}]: use ironflow.on_event(...)")
+    if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+        raise ValueError("rate_limit: use ironflow.RateLimit(limit=..., period=..., key=None)")
+    idempotency_rule = Idempotency(key=idempotency) if isinstance(idempotency, str) else idempotency
+    if idempotency_rule is not None and not isinstance(idempotency_rule, Idempotency):
+        raise ValueError(
+            "idempotency: use a CEL key such as 'event.data.orderId' or ironflow.Idempotency(...)"
+        )
     timeout_seconds = to_seconds(timeout, field="timeout") if timeout is not None else None
     if timeout_seconds == 0:
         raise ValueError("timeout: must be positive")
@@ -188,6 +259,8 @@ def function(
             mode=mode,
             name=name,
             cancel_on=tuple(cancel_on),
+            rate_limit=rate_limit,
+            idempotency=idempotency_rule,
         )
 
     return decorate

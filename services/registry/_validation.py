@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import urlparse
+
+from google.protobuf import duration_pb2
 
 from ironflow.services.core.cel import check_expression
 from ironflow.services.core.cron import parse_schedule
@@ -15,6 +17,10 @@ from ironflow.v1 import functions_pb2
 _FUNCTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 MAX_FUNCTIONS_PER_REQUEST = 500
 MAX_RETRY_ATTEMPTS = 100
+DEFAULT_IDEMPOTENCY_WINDOW = timedelta(hours=24)
+# Rate limit periods and idempotency windows: a year is more than anyone means, and keeps the
+# deadlines computed from them far from datetime's range.
+MAX_ADMISSION_SPAN = timedelta(days=366)
 
 
 def check_endpoint_url(url: str, *, field: str) -> str:
@@ -28,7 +34,8 @@ def normalise_definition(
     definition: functions_pb2.FunctionDefinition, *, field: str, default_endpoint_url: str, now: datetime
 ) -> functions_pb2.FunctionDefinition:
     """A validated copy with defaults made explicit (so equal meanings give equal digests): a cron
-    trigger's zone defaults to `UTC` and its schedule's whitespace is normalised. `now` is the
+    trigger's zone defaults to `UTC` and its schedule's whitespace is normalised; an idempotency window
+    defaults to 24 hours. `now` is the
     registration time (a cron schedule must still fire after it)."""
     result = functions_pb2.FunctionDefinition()
     result.CopyFrom(definition)
@@ -57,8 +64,10 @@ def normalise_definition(
             check_expression(limit.key, field=f"{field}.concurrency[{index}].key")
     if result.priority and not _is_integer(result.priority):
         check_expression(result.priority, field=f"{field}.priority")
-    if result.idempotency.key:
-        check_expression(result.idempotency.key, field=f"{field}.idempotency.key")
+    if result.HasField("rate_limit"):
+        _check_rate_limit(result.rate_limit, field=f"{field}.rate_limit")
+    if result.HasField("idempotency"):
+        _check_idempotency(result.idempotency, field=f"{field}.idempotency")
     return result
 
 
@@ -103,6 +112,37 @@ def _check_retry(retry: functions_pb2.RetryPolicy, *, field: str) -> None:
         raise invalid_argument(
             f"{field}.on_exhausted", f"must be 'fail' or 'pause', got {retry.on_exhausted!r}"
         )
+
+
+def _check_rate_limit(rate_limit: functions_pb2.RateLimit, *, field: str) -> None:
+    if rate_limit.limit < 1:
+        raise invalid_argument(f"{field}.limit", f"must be at least 1, got {rate_limit.limit}")
+    if not rate_limit.HasField("period"):
+        raise invalid_argument(f"{field}.period", "is required (for example 60s or 1h)")
+    _check_span(rate_limit.period, field=f"{field}.period")
+    if rate_limit.key:
+        check_expression(rate_limit.key, field=f"{field}.key")
+
+
+def _check_idempotency(idempotency: functions_pb2.Idempotency, *, field: str) -> None:
+    """The key is required; the window defaults to 24 hours, made explicit here."""
+    if not idempotency.key:
+        raise invalid_argument(
+            f"{field}.key", "is required (a CEL expression over event, such as event.data.id)"
+        )
+    check_expression(idempotency.key, field=f"{field}.key")
+    if idempotency.HasField("window"):
+        _check_span(idempotency.window, field=f"{field}.window")
+    else:
+        idempotency.window.FromTimedelta(DEFAULT_IDEMPOTENCY_WINDOW)
+
+
+def _check_span(duration: duration_pb2.Duration, *, field: str) -> None:
+    span = duration.ToTimedelta()
+    if span <= timedelta(0):
+        raise invalid_argument(field, "must be positive")
+    if span > MAX_ADMISSION_SPAN:
+        raise invalid_argument(field, f"must be at most {MAX_ADMISSION_SPAN.days} days")
 
 
 def _is_integer(text: str) -> bool:

@@ -24,6 +24,7 @@ from ironflow.services.core.ids import Clock, utc_now
 from ironflow.services.core.subjects import NamePattern
 from ironflow.v1 import functions_pb2
 
+from ._admission import Admission, compile_admission
 from ._options import RunOptions
 
 log = logging.getLogger("ironflow.scheduler")
@@ -68,6 +69,8 @@ class CompiledFunction:
     endpoint_url: str = ""
     # Cron schedules that start runs (fired by `_cron.py`), one per (schedule, zone).
     crons: tuple[CronTrigger, ...] = ()
+    # Rate limit and idempotency: whether a matching event may start a run (`_admission.py`).
+    admission: Admission | None = None
 
     def matches(self, name: str, variables: dict[str, Any]) -> bool:
         return any(trigger.matches(name, variables) for trigger in self.triggers)
@@ -104,6 +107,7 @@ def compile_function(function: functions_pb2.Function) -> CompiledFunction:
         cancel_on=tuple(cancel_on),
         endpoint_url=definition.endpoint_url,
         crons=tuple(crons.values()),
+        admission=compile_admission(definition, field=f"functions[{definition.id}]"),
     )
 
 

@@ -33,6 +33,7 @@ from ironflow.services.core.streams import Stream
 from ironflow.v1 import common_pb2, runs_pb2
 
 from . import _queries
+from ._admission import admit, sweep_admissions
 from ._catalog import CompiledFunction, FunctionCatalog
 from ._convert import event_from_json, event_to_json, memoized_step
 from ._cron import CronSettings, CronTicks
@@ -94,6 +95,9 @@ class SchedulerSettings:
     tickets: TicketSettings = field(default_factory=TicketSettings)
     # Cron triggers: how often they are looked at, and how late a tick may be before it counts as missed.
     cron: CronSettings = field(default_factory=CronSettings)
+    # How often expired idempotency keys and idle rate limit keys are deleted (expired ones already
+    # count as free; sweeping only reclaims the space).
+    admission_sweep_interval: timedelta = timedelta(minutes=1)
 
 
 class Scheduler:
@@ -154,6 +158,7 @@ class Scheduler:
         self._tasks = [
             asyncio.create_task(self._sweep_forever(), name="scheduler-sweeper"),
             asyncio.create_task(self._fire_timers_forever(), name="scheduler-timers"),
+            asyncio.create_task(self._sweep_admissions_forever(), name="scheduler-admission-sweeper"),
         ]
         await self.push.start()
         await self.tickets.start()
@@ -174,7 +179,9 @@ class Scheduler:
 
     async def trigger(self, event: common_pb2.Event) -> list[str]:
         """Create one run per matching function, idempotently; resume the waits the event matches and
-        cancel the runs it cancels. Returns every run id the event started."""
+        cancel the runs it cancels. Returns every run id the event started. A function whose rate
+        limit or idempotency key refuses the event starts none; `system.function.<id>.skipped` says
+        why (`_admission.py`)."""
         if not event.id:
             raise invalid_argument("event.id", "is required")
         if event.namespace not in ("", "events"):
@@ -189,11 +196,28 @@ class Scheduler:
                 if not await has_open_waits(conn, event.name):
                     return []
         now = self._clock()
+        # Keys are evaluated before the transaction opens: it holds locks, CEL needs none.
+        admission_keys = {f.id: f.admission.keys(variables) for f in matched if f.admission is not None}
 
         async def work(conn: AsyncConnection) -> tuple[list[str], list[str], SystemEvents]:
             announced = SystemEvents(ids=self._ids, now=now)
-            run_ids = [
-                await start_run(
+            run_ids = []
+            for function in matched:
+                if function.admission is not None:
+                    refused = await admit(
+                        conn,
+                        function.admission,
+                        admission_keys[function.id],
+                        function_id=function.id,
+                        event_id=event.id,
+                        now=now,
+                        dialect=self._db.dialect,
+                    )
+                    if refused is not None:
+                        skipped = {"event_id": event.id, "event_name": event.name, "reason": refused}
+                        announced.function(function.id, "skipped", skipped)
+                        continue
+                run_id = await start_run(
                     conn,
                     function,
                     stored_event,
@@ -202,8 +226,7 @@ class Scheduler:
                     dialect=self._db.dialect,
                     events=announced,
                 )
-                for function in matched
-            ]
+                run_ids.append(run_id)
             await resume_waits(
                 conn,
                 stored_event,
@@ -620,6 +643,25 @@ class Scheduler:
         if skipped or fired >= MAX_TIMERS_PER_ROUND:
             next_at = now  # more are due: go again at once
         return fired, next_at
+
+    async def sweep_admissions(self) -> int:
+        """Delete expired idempotency keys and idle rate limit keys (a batch); returns how many."""
+        now = self._clock()
+
+        async def work(conn: AsyncConnection) -> int:
+            return await sweep_admissions(conn, now=now)
+
+        return await self._db.run(work)
+
+    async def _sweep_admissions_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.admission_sweep_interval.total_seconds())
+            try:
+                await self.sweep_admissions()
+            except Exception:
+                log.exception(
+                    "sweeping admission keys failed; retrying in %s", self._settings.admission_sweep_interval
+                )
 
     async def _fire_timers_forever(self) -> None:
         interval = self._settings.timer_interval.total_seconds()

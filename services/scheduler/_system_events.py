@@ -1,8 +1,9 @@
 """The engine's own lifecycle events, as they go on the firehose.
 
-`system.run.<run_id>.<what>` and `system.run.<run_id>.step.<step_id>.<what>`. Step ids may contain
-characters a subject token cannot (`:` of an occurrence counter is fine; `.` and `/` are not), so they
-are escaped into one token: subscribers match `system.run.*.step.*.completed` reliably.
+`system.run.<run_id>.<what>` and `system.run.<run_id>.step.<step_id>.<what>`, plus
+`system.function.<id>.skipped` for an event a function's rate limit or idempotency refused. Step ids
+may contain characters a subject token cannot (`:` of an occurrence counter is fine; `.` and `/` are
+not), so they are escaped into one token: subscribers match `system.run.*.step.*.completed` reliably.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class SystemEvents:
 
     def run(self, run_id: str, what: str, data: dict[str, Any]) -> None:
         self._add(f"system.run.{run_id}.{what}", {"run_id": run_id, **data})
+
+    def function(self, function_id: str, what: str, data: dict[str, Any]) -> None:
+        """`system.function.<id>.<what>`, as the registry announces `registered`."""
+        self._add(f"system.function.{function_id}.{what}", {"function_id": function_id, **data})
 
     def step(self, run_id: str, step_id: str, what: str, data: dict[str, Any]) -> None:
         self._add(

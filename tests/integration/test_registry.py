@@ -6,9 +6,11 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 import ironflow
 from ironflow.v1 import functions_pb2, functions_pb2_grpc
@@ -28,6 +30,13 @@ def _definition(
     if condition:
         setattr(trigger.event, "if", condition)
     return functions_pb2.FunctionDefinition(id=function_id, triggers=[trigger])
+
+
+def _admission_definition(**controls: dict[str, Any]) -> functions_pb2.FunctionDefinition:
+    """A function with a rate limit and/or idempotency given as their JSON form."""
+    definition = json_format.ParseDict({"id": "f", **controls}, functions_pb2.FunctionDefinition())
+    definition.triggers.append(functions_pb2.Trigger(event=functions_pb2.EventTrigger(event="order.placed")))
+    return definition
 
 
 def _cron_definition(
@@ -103,6 +112,20 @@ async def test_invalid_cel_is_rejected_naming_the_expression_and_nothing_is_stor
         (_cron_definition("61 * * * *"), "functions[0].triggers[1].cron.schedule"),
         (_cron_definition("0 9 * *"), "functions[0].triggers[1].cron.schedule"),
         (_cron_definition("0 9 * * *", timezone="Europe/Atlantis"), "functions[0].triggers[1].cron.timezone"),
+        (_admission_definition(rate_limit={"limit": 0, "period": "60s"}), "functions[0].rate_limit.limit"),
+        (_admission_definition(rate_limit={"limit": -2, "period": "60s"}), "functions[0].rate_limit.limit"),
+        (_admission_definition(rate_limit={"limit": 3}), "functions[0].rate_limit.period"),
+        (_admission_definition(rate_limit={"limit": 3, "period": "0s"}), "functions[0].rate_limit.period"),
+        (
+            _admission_definition(rate_limit={"limit": 3, "period": "60s", "key": "event.data.("}),
+            "functions[0].rate_limit.key",
+        ),
+        (_admission_definition(idempotency={"key": "event.data.id +"}), "functions[0].idempotency.key"),
+        (_admission_definition(idempotency={"window": "60s"}), "functions[0].idempotency.key"),
+        (
+            _admission_definition(idempotency={"key": "event.data.id", "window": "-5s"}),
+            "functions[0].idempotency.window",
+        ),
     ],
 )
 async def test_bad_definitions_are_invalid_argument_naming_the_field(

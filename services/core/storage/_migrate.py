@@ -23,8 +23,11 @@ from ._tables import (
     consumer_groups,
     cron_schedules,
     events,
+    idempotency_keys,
     metadata,
     push_endpoints,
+    rate_limit_admissions,
+    rate_limit_keys,
     runs,
     schema_versions,
     topic_stats,
@@ -87,6 +90,11 @@ def _add_cron_schedules(conn: sa.Connection) -> None:
     cron_schedules.create(conn, checkfirst=True)
 
 
+def _add_admission_tables(conn: sa.Connection) -> None:
+    for table in (idempotency_keys, rate_limit_keys, rate_limit_admissions):
+        table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, functions, function versions, runs, steps, waits", _create_initial_tables),
     Migration(
@@ -97,6 +105,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "consumer groups and topic statistics", _add_subscriptions),
     Migration(6, "job tickets: which runs have a delivery on the stream", _add_job_tickets),
     Migration(7, "cron triggers: the next tick of each schedule", _add_cron_schedules),
+    Migration(8, "idempotency keys and rate limit logs of functions", _add_admission_tables),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -213,6 +213,50 @@ cron_schedules = sa.Table(
     sa.Index("ix_cron_schedules_next_at", "next_at"),
 )
 
+# scheduler: idempotency keys of functions declaring `idempotency`, one row per (function, key) while
+# its window lasts. Claimed with INSERT ... ON CONFLICT DO NOTHING in the transaction that creates the
+# event's run, so two replicas triggering events with one key at once start one run; an expired row
+# is taken over by `UPDATE ... WHERE expires_at <= now` and swept later. `key_hash` is the sha256 of
+# the key's canonical text (`cel_keys.key_text`). Added by migration 8.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("function_id", sa.String(128), primary_key=True),
+    sa.Column("key_hash", sa.String(64), primary_key=True),
+    # The event whose run holds the key.
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_idempotency_keys_expires_at", "expires_at"),
+)
+
+# scheduler: rate limits (`rate_limit`), a sliding log per (function, key). The key row is the lock a
+# trigger takes (SELECT ... FOR UPDATE on Postgres; SQLite's BEGIN IMMEDIATE serialises writers) and
+# counts the key's admissions still in `rate_limit_admissions`; admissions older than the period are
+# pruned under that lock, so `admitted` is the number of runs started in the last period. `expires_at`
+# is when the last admission leaves the window: from then on the key row and its log can be swept.
+# Added by migration 8.
+rate_limit_keys = sa.Table(
+    "rate_limit_keys",
+    metadata,
+    sa.Column("function_id", sa.String(128), primary_key=True),
+    sa.Column("key_hash", sa.String(64), primary_key=True),
+    sa.Column("admitted", sa.Integer, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_rate_limit_keys_expires_at", "expires_at"),
+)
+
+rate_limit_admissions = sa.Table(
+    "rate_limit_admissions",
+    metadata,
+    sa.Column("function_id", sa.String(128), primary_key=True),
+    sa.Column("key_hash", sa.String(64), primary_key=True),
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("admitted_at", UTCDateTime, nullable=False),
+    sa.Index("ix_rate_limit_admissions_key_time", "function_id", "key_hash", "admitted_at"),
+)
+
 # scheduler: the circuit breaker of each push endpoint, written when its state changes so that
 # GetFunction can show it and a restarted dispatcher resumes where it was. Added by migration 4.
 push_endpoints = sa.Table(
