@@ -5,7 +5,8 @@ Writes `results.json` (every trial, settings, versions), `results.md` (the table
 75 minutes on 2 cores (the steady memory run alone is 10); `--quick` is a smoke run of a few minutes
 with small counts and one trial, whose numbers mean little.
 
-Sections (`--only` picks some): throughput, latency, scaling, steady, fanout, waits, celery, dbos.
+Sections (`--only` picks some): throughput, latency, scaling, steady, fanout, waits, concurrency,
+celery, dbos.
 `--into DIR` re-runs the chosen sections into an earlier run's folder, replacing their figures there
 (the re-run's plan and time are recorded under `reruns`).
 """
@@ -33,7 +34,7 @@ from bench import _peers, ironflow_runs
 from bench._common import RESULTS, ROOT, versions
 from bench._report import write_report
 
-SECTIONS = ("throughput", "latency", "scaling", "steady", "fanout", "waits", "celery", "dbos")
+SECTIONS = ("throughput", "latency", "scaling", "steady", "fanout", "waits", "concurrency", "celery", "dbos")
 BACKENDS = ("embedded", "distributed")
 
 
@@ -50,6 +51,7 @@ class Plan:
     steady_backends: tuple[str, ...]
     fanout_args: tuple[str, ...]
     waits: int
+    concurrency_runs: int  # per shape and trial
     celery_args: tuple[str, ...]
     dbos_args: tuple[str, ...]
 
@@ -69,6 +71,7 @@ FULL = Plan(
     steady_backends=("embedded",),
     fanout_args=(),
     waits=10_000,
+    concurrency_runs=3000,
     celery_args=("--tasks", "5000", "--round-trips", "500"),
     dbos_args=("--workflows", "2000", "--round-trips", "300"),
 )
@@ -84,6 +87,7 @@ QUICK = Plan(
     steady_backends=("embedded",),
     fanout_args=("--subscribers", "1,100", "--messages", "50", "--wire-messages", "20"),
     waits=1000,
+    concurrency_runs=200,
     celery_args=("--tasks", "300", "--round-trips", "50"),
     dbos_args=("--workflows", "200", "--round-trips", "30"),
 )
@@ -95,6 +99,7 @@ def _units(plan: Plan, sections: set[str]) -> int:
         "throughput": len(plan.worker_counts) * plan.trials,
         "latency": plan.trials,
         "scaling": len(plan.loads) * plan.trials,
+        "concurrency": 2 * plan.trials,
     }
     total = sum(count * len(BACKENDS) for name, count in per_backend.items() if name in sections)
     if "steady" in sections:
@@ -142,6 +147,12 @@ async def _run(
             runs.setdefault("throughput", []).append(found)
             save(report)
 
+    async def concurrency(backend: str) -> None:
+        found = await ironflow_runs.concurrency_overhead(
+            backend, plan.concurrency_runs, trials=plan.trials, tmp=tmp, step=step
+        )
+        runs.setdefault("concurrency", []).append(found)
+
     async def latency() -> None:
         for backend in BACKENDS:
             found = await ironflow_runs.latency(backend, plan.latency_runs, plan.trials, tmp, step)
@@ -186,6 +197,8 @@ async def _run(
         ("scaling", "scaling embedded", lambda: scaling("embedded")),
         ("scaling", "scaling distributed", lambda: scaling("distributed")),
         ("fanout", "fanout", fanout),
+        ("concurrency", "concurrency embedded", lambda: concurrency("embedded")),
+        ("concurrency", "concurrency distributed", lambda: concurrency("distributed")),
     ]
     try:
         for section, label, part in parts:

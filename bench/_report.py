@@ -231,6 +231,35 @@ def _throughput_section(report: dict[str, Any]) -> list[str]:
     return ["## Throughput", "", "First emit (or submit) to last completion.", "", *_table(header, rows)]
 
 
+def _concurrency_section(report: dict[str, Any]) -> list[str]:
+    rows: list[Row] = []
+    for entry in report["ironflow"].get("concurrency", []):
+        for shape, label in (("plain", "plain"), ("limited", "concurrency-keyed")):
+            trials = entry[shape]["trials"]
+            rows.append(
+                [
+                    f"Ironflow {entry['backend']}, {label}",
+                    _spread([t["runs_per_s"] for t in trials]),
+                    _spread([t["server_cpu_ms_per_run"] for t in trials], digits=2),
+                ]
+            )
+        rows.append(
+            [
+                f"Ironflow {entry['backend']}, keyed / plain",
+                f"{entry['throughput_ratio']:.2f}x",
+                f"{entry['cpu_overhead_ms_per_run']:+.2f}",
+            ]
+        )
+    if not rows:
+        return []
+    header = ["two-step runs, 1 worker", "completed per s", "server CPU ms per run"]
+    note = (
+        "The same two steps with and without a concurrency limit per customer that never binds "
+        f"({report['ironflow']['concurrency'][0]['limit']}), trials alternating in one deployment."
+    )
+    return ["## Concurrency-key overhead", "", note, "", *_table(header, rows)]
+
+
 def _latency_section(report: dict[str, Any]) -> list[str]:
     rows: list[Row] = []
     for entry in report["ironflow"].get("latency", []):
@@ -352,6 +381,7 @@ def markdown(report: dict[str, Any], plots: Sequence[str], extra_sections: Seque
         *_latency_section(report),
         *_scaling_section(report),
         *_steady_section(report),
+        *_concurrency_section(report),
     ]
     for section in extra_sections:
         lines += [section.replace("### ", "## ", 1), ""]

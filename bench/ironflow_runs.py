@@ -12,6 +12,8 @@ SDK client, with workers in their own processes.
   ended, of the emit call, and of the queue wait (created -> started), doubling the rate past the
   given loads while throughput keeps up.
 - steady: a fixed offered load for minutes, sampling the server's RSS, to show it stays flat.
+- concurrency: the throughput workload against the same two steps under a concurrency limit per
+  customer that never binds, trials alternating in one deployment: the limit's scheduling overhead.
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ from typing import Any
 import ironflow
 from bench._common import across, latency_summary
 from bench._deploy import Deployment, Workers, deployment
-from bench._functions import ONE_STEP_EVENT, TWO_STEPS_EVENT, one_step, two_steps
+from bench._functions import (
+    LIMITED_CUSTOMERS,
+    LIMITED_EVENT,
+    ONE_STEP_EVENT,
+    TWO_STEPS_EVENT,
+    one_step,
+    two_steps,
+    two_steps_limited,
+)
 
 EMIT_CONCURRENCY = 64
 WORKER_CONCURRENCY = 100
@@ -66,18 +76,25 @@ async def _emit_all(client: ironflow.Client, event: str, count: int) -> tuple[fl
         while next_index < count:
             index = next_index
             next_index += 1
-            await client.emit(event, {"i": index})
+            await client.emit(event, {"i": index, "customer": f"c{index % LIMITED_CUSTOMERS}"})
 
     await asyncio.gather(*(emitter() for _ in range(EMIT_CONCURRENCY)))
     return first, time.time()
 
 
-async def throughput_trial(target: Deployment, client: ironflow.Client, count: int) -> dict[str, Any]:
+async def throughput_trial(
+    target: Deployment,
+    client: ironflow.Client,
+    count: int,
+    *,
+    event: str = TWO_STEPS_EVENT,
+    function_id: str = two_steps.id,
+) -> dict[str, Any]:
     since = _since()
     cpu_before = target.cpu_seconds()
-    first, emitted = await _emit_all(client, TWO_STEPS_EVENT, count)
-    failed = await target.reader.wait_ended(two_steps.id, since, count, within=ENDED_WITHIN_S)
-    last_end = max(run.ended or 0.0 for run in await target.reader.times(two_steps.id, since))
+    first, emitted = await _emit_all(client, event, count)
+    failed = await target.reader.wait_ended(function_id, since, count, within=ENDED_WITHIN_S)
+    last_end = max(run.ended or 0.0 for run in await target.reader.times(function_id, since))
     seconds = last_end - first
     return {
         "runs": count,
@@ -112,6 +129,49 @@ async def throughput(
         "trials": results,
         "across": across(results),
         "server_memory": memory,
+    }
+
+
+# -- concurrency overhead --------------------------------------------------------------------------
+
+
+async def concurrency_overhead(
+    backend: str, count: int, *, trials: int, tmp: Path, step: Step
+) -> dict[str, Any]:
+    """Plain and concurrency-limited two-step runs, trials alternating (which goes first swaps every
+    trial) in one deployment with one worker process, so both see the same server state."""
+    shapes = {
+        "plain": (TWO_STEPS_EVENT, two_steps.id),
+        "limited": (LIMITED_EVENT, two_steps_limited.id),
+    }
+    found: dict[str, list[dict[str, Any]]] = {"plain": [], "limited": []}
+    async with (
+        deployment(backend, tmp) as target,
+        Workers(target.url, 1, WORKER_CONCURRENCY, tmp),
+        ironflow.Client(target.url) as client,
+    ):
+        await _warm_up(client, TWO_STEPS_EVENT)
+        await _warm_up(client, LIMITED_EVENT)
+        for trial in range(trials):
+            order = ("plain", "limited") if trial % 2 == 0 else ("limited", "plain")
+            for shape in order:
+                step(f"concurrency overhead {backend}, {shape}, trial {trial + 1}/{trials}")
+                event, function_id = shapes[shape]
+                result = await throughput_trial(target, client, count, event=event, function_id=function_id)
+                result["server_cpu_ms_per_run"] = round(result["server_cpu_s"] * 1000 / count, 3)
+                found[shape].append(result)
+    plain = statistics.median(t["runs_per_s"] for t in found["plain"])
+    limited = statistics.median(t["runs_per_s"] for t in found["limited"])
+    plain_cpu = statistics.median(t["server_cpu_ms_per_run"] for t in found["plain"])
+    limited_cpu = statistics.median(t["server_cpu_ms_per_run"] for t in found["limited"])
+    return {
+        "backend": backend,
+        "runs": count,
+        "limit": f"{LIMITED_CUSTOMERS} customers x 100 slots",
+        "plain": {"trials": found["plain"], "across": across(found["plain"])},
+        "limited": {"trials": found["limited"], "across": across(found["limited"])},
+        "throughput_ratio": round(limited / plain, 3),
+        "cpu_overhead_ms_per_run": round(limited_cpu - plain_cpu, 3),
     }
 
 

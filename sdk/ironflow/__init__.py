@@ -18,6 +18,7 @@ from ._client import Client
 from ._context import Context
 from ._errors import InvokeError, IronflowError, NonRetryableError, RetryAfterError, StepError
 from ._function import (
+    Concurrency,
     CronTrigger,
     EventTrigger,
     Function,
@@ -52,6 +53,7 @@ from ._worker import Worker
 
 __all__ = [
     "Client",
+    "Concurrency",
     "ConsumerGroup",
     "Context",
     "CronTrigger",

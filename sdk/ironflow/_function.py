@@ -111,6 +111,34 @@ class Idempotency:
 
 
 @dataclass(frozen=True)
+class Concurrency:
+    """At most `limit` runs of the function execute at once, per value of the CEL `key` over `event`
+    (in all without a key). Runs over the limit wait, in order, and start as slots free: when a run
+    completes, fails, is cancelled, suspends on a sleep or wait, or its worker goes away."""
+
+    limit: int
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            raise ValueError(f"concurrency.limit: must be a positive integer, got {self.limit!r}")
+        if self.key is not None and (not isinstance(self.key, str) or not self.key):
+            raise ValueError(
+                f"concurrency.key: must be a CEL expression such as 'event.data.customerId', got {self.key!r}"
+            )
+
+    def to_proto(self) -> functions_pb2.ConcurrencyLimit:
+        return functions_pb2.ConcurrencyLimit(limit=self.limit, key=self.key or "")
+
+
+# What `concurrency=` takes: one limit over all runs, a limit, or several.
+ConcurrencySpec = int | Concurrency | Sequence[Concurrency]
+
+# Priority is seconds of head start in the dispatch order (see `function`).
+MAX_PRIORITY = 600
+
+
+@dataclass(frozen=True)
 class EventTrigger:
     event: str
     if_: str | None = None
@@ -182,6 +210,9 @@ class Function:
     cancel_on: tuple[EventTrigger, ...] = ()
     rate_limit: RateLimit | None = None
     idempotency: Idempotency | None = None
+    concurrency: tuple[Concurrency, ...] = ()
+    # An integer (as text) or a CEL expression over `event`; "" for none.
+    priority: str = ""
 
     def definition(self, *, endpoint_url: str | None = None) -> functions_pb2.FunctionDefinition:
         definition = functions_pb2.FunctionDefinition(
@@ -192,6 +223,8 @@ class Function:
             mode=_MODES[self.mode],
             endpoint_url=endpoint_url or "",
             cancel_on=[trigger.to_proto().event for trigger in self.cancel_on],
+            concurrency=[limit.to_proto() for limit in self.concurrency],
+            priority=self.priority,
         )
         if self.timeout is not None:
             definition.timeout.FromTimedelta(timedelta(seconds=self.timeout))
@@ -213,6 +246,8 @@ def function(
     cancel_on: Sequence[EventTrigger] = (),
     rate_limit: RateLimit | None = None,
     idempotency: str | Idempotency | None = None,
+    concurrency: ConcurrencySpec | None = None,
+    priority: int | str | None = None,
 ) -> Callable[[Handler], Function]:
     """Declare a durable function; decorates an `async def handler(ctx)`.
 
@@ -223,6 +258,12 @@ def function(
     10 runs a minute per user; `idempotency="event.data.orderId"` (or `ironflow.Idempotency(key=...,
     window="24h")`) starts one run per order id within the window. Keys are CEL over `event`; a key
     that cannot be evaluated (a missing field) or is null counts as one shared empty key.
+
+    `concurrency=[ironflow.Concurrency(limit=2, key="event.data.customerId")]` lets at most two runs
+    per customer execute at once (several limits may be given; `concurrency=5` is one limit over all
+    runs). `priority="event.data.tier == 'gold' ? 100 : 0"` (or an integer) gives a run that many
+    seconds of head start in the queue, between -600 and 600: higher-priority runs go first, and no
+    run is overtaken by one that became due more than 20 minutes after it.
     """
     if not isinstance(id, str) or not _FUNCTION_ID.fullmatch(id):
         raise ValueError(
@@ -243,6 +284,8 @@ def function(
         raise ValueError(
             "idempotency: use a CEL key such as 'event.data.orderId' or ironflow.Idempotency(...)"
         )
+    limits = _concurrency_limits(concurrency)
+    priority_text = _priority_text(priority)
     timeout_seconds = to_seconds(timeout, field="timeout") if timeout is not None else None
     if timeout_seconds == 0:
         raise ValueError("timeout: must be positive")
@@ -261,6 +304,41 @@ def function(
             cancel_on=tuple(cancel_on),
             rate_limit=rate_limit,
             idempotency=idempotency_rule,
+            concurrency=limits,
+            priority=priority_text,
         )
 
     return decorate
+
+
+def _concurrency_limits(
+    concurrency: int | Concurrency | Sequence[Concurrency] | None,
+) -> tuple[Concurrency, ...]:
+    if concurrency is None:
+        return ()
+    if isinstance(concurrency, int) and not isinstance(concurrency, bool):
+        return (Concurrency(limit=concurrency),)
+    if isinstance(concurrency, Concurrency):
+        return (concurrency,)
+    if isinstance(concurrency, str) or not isinstance(concurrency, Sequence):
+        raise ValueError(
+            "concurrency: use an integer, ironflow.Concurrency(limit=..., key=None) or a list of them"
+        )
+    for index, limit in enumerate(concurrency):
+        if not isinstance(limit, Concurrency):
+            raise ValueError(f"concurrency[{index}]: use ironflow.Concurrency(limit=..., key=None)")
+    return tuple(concurrency)
+
+
+def _priority_text(priority: int | str | None) -> str:
+    if priority is None:
+        return ""
+    if isinstance(priority, int) and not isinstance(priority, bool):
+        if abs(priority) > MAX_PRIORITY:
+            raise ValueError(
+                f"priority: must be between -{MAX_PRIORITY} and {MAX_PRIORITY} seconds, got {priority}"
+            )
+        return str(priority)
+    if isinstance(priority, str) and priority.strip():
+        return priority.strip()
+    raise ValueError(f"priority: use an integer or a CEL expression over event, got {priority!r}")

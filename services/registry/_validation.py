@@ -21,6 +21,10 @@ DEFAULT_IDEMPOTENCY_WINDOW = timedelta(hours=24)
 # Rate limit periods and idempotency windows: a year is more than anyone means, and keeps the
 # deadlines computed from them far from datetime's range.
 MAX_ADMISSION_SPAN = timedelta(days=366)
+# Priority is seconds of head start in the dispatch order (the scheduler's `_priority.py`).
+MAX_PRIORITY = 600
+MAX_CONCURRENCY_LIMITS = 10
+_INTEGER = re.compile(r"[+-]?\d+")
 
 
 def check_endpoint_url(url: str, *, field: str) -> str:
@@ -57,18 +61,36 @@ def normalise_definition(
     if result.HasField("timeout") and result.timeout.ToTimedelta().total_seconds() <= 0:
         raise invalid_argument(f"{field}.timeout", "must be positive when set")
     _resolve_mode(result, field=field, default_endpoint_url=default_endpoint_url)
-    for index, limit in enumerate(result.concurrency):
-        if limit.limit < 1:
-            raise invalid_argument(f"{field}.concurrency[{index}].limit", "must be at least 1")
-        if limit.key:
-            check_expression(limit.key, field=f"{field}.concurrency[{index}].key")
-    if result.priority and not _is_integer(result.priority):
-        check_expression(result.priority, field=f"{field}.priority")
+    _check_concurrency(result, field=field)
+    _check_priority(result, field=field)
     if result.HasField("rate_limit"):
         _check_rate_limit(result.rate_limit, field=f"{field}.rate_limit")
     if result.HasField("idempotency"):
         _check_idempotency(result.idempotency, field=f"{field}.idempotency")
     return result
+
+
+def _check_concurrency(definition: functions_pb2.FunctionDefinition, *, field: str) -> None:
+    if len(definition.concurrency) > MAX_CONCURRENCY_LIMITS:
+        raise invalid_argument(f"{field}.concurrency", f"allows at most {MAX_CONCURRENCY_LIMITS} limits")
+    for index, limit in enumerate(definition.concurrency):
+        if limit.limit < 1:
+            raise invalid_argument(f"{field}.concurrency[{index}].limit", "must be at least 1")
+        if limit.key:
+            check_expression(limit.key, field=f"{field}.concurrency[{index}].key")
+
+
+def _check_priority(definition: functions_pb2.FunctionDefinition, *, field: str) -> None:
+    definition.priority = definition.priority.strip()
+    if _is_integer(definition.priority):
+        if abs(int(definition.priority)) > MAX_PRIORITY:
+            raise invalid_argument(
+                f"{field}.priority",
+                f"must be between -{MAX_PRIORITY} and {MAX_PRIORITY} (seconds of head start); "
+                f"got {definition.priority}",
+            )
+    elif definition.priority:
+        check_expression(definition.priority, field=f"{field}.priority")
 
 
 def _resolve_mode(
@@ -146,4 +168,4 @@ def _check_span(duration: duration_pb2.Duration, *, field: str) -> None:
 
 
 def _is_integer(text: str) -> bool:
-    return text.lstrip("-").isdigit()
+    return bool(_INTEGER.fullmatch(text))

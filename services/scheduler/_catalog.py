@@ -25,7 +25,9 @@ from ironflow.services.core.subjects import NamePattern
 from ironflow.v1 import functions_pb2
 
 from ._admission import Admission, compile_admission
+from ._concurrency import ConcurrencyLimit, compile_concurrency
 from ._options import RunOptions
+from ._priority import Priority, compile_priority
 
 log = logging.getLogger("ironflow.scheduler")
 
@@ -71,6 +73,15 @@ class CompiledFunction:
     crons: tuple[CronTrigger, ...] = ()
     # Rate limit and idempotency: whether a matching event may start a run (`_admission.py`).
     admission: Admission | None = None
+    # How many of its runs may execute at once, per key (`_concurrency.py`).
+    concurrency: tuple[ConcurrencyLimit, ...] = ()
+    # The head start its runs get in the dispatch order (`_priority.py`).
+    priority: Priority | None = None
+
+    @property
+    def ordered(self) -> bool:
+        """Whether dispatching its runs needs more than "oldest due first" (limits or priority)."""
+        return bool(self.concurrency) or self.priority is not None
 
     def matches(self, name: str, variables: dict[str, Any]) -> bool:
         return any(trigger.matches(name, variables) for trigger in self.triggers)
@@ -108,6 +119,8 @@ def compile_function(function: functions_pb2.Function) -> CompiledFunction:
         endpoint_url=definition.endpoint_url,
         crons=tuple(crons.values()),
         admission=compile_admission(definition, field=f"functions[{definition.id}]"),
+        concurrency=compile_concurrency(definition, field=f"functions[{definition.id}]"),
+        priority=compile_priority(definition.priority, field=f"functions[{definition.id}].priority"),
     )
 
 
@@ -161,6 +174,13 @@ class FunctionCatalog:
                 if self._loaded_at is None or self._clock() - self._loaded_at > self._max_age:
                     await self._refresh()
         return list(self._functions.values())
+
+    async def known(self) -> dict[str, CompiledFunction]:
+        """The functions as last loaded, refreshed only once `max_age` old (no revision read): for
+        decisions a few seconds' staleness cannot make wrong, only slower (dispatch order)."""
+        if self._loaded_at is None or self._clock() - self._loaded_at > self._max_age:
+            await self.functions()
+        return dict(self._functions)
 
     async def get(self, function_id: str) -> CompiledFunction | None:
         for function in await self.functions():

@@ -18,6 +18,8 @@ from ironflow.services.core import telemetry
 from ironflow.services.core.ids import IdSource
 
 from ._catalog import CompiledFunction
+from ._concurrency import hold_keys, run_keys
+from ._matchers import event_variables
 from ._store import insert_run
 from ._system_events import SystemEvents
 
@@ -106,6 +108,15 @@ async def create_run(
         # the run continues this trace however much later, and from whichever request, it is leased.
         if trace := telemetry.inject_trace({}):
             run_input["trace"] = trace
+        priority = 0
+        keys = []
+        if function.ordered:
+            variables = {"event": event_variables(event)}
+            if function.priority is not None:
+                priority = function.priority.of(variables)
+            if function.concurrency:
+                keys = run_keys(function.id, function.concurrency, variables)
+                run_input["concurrency"] = [key.to_json() for key in keys]
         run_id, created = await insert_run(
             conn,
             {
@@ -121,6 +132,7 @@ async def create_run(
                 "parent_step_id": parent_step_id,
                 "available_at": now,
                 "execution_sequence": 0,
+                "priority": priority,
                 "created_at": now,
                 "updated_at": now,
             },
@@ -128,6 +140,7 @@ async def create_run(
         )
         span.set_attributes({telemetry.ATTR_RUN_ID: run_id, telemetry.ATTR_RUN_CREATED: created})
     if created:
+        await hold_keys(conn, run_id, function.id, keys, dialect=dialect)
         notice: dict[str, Any] = {"function_id": function.id, "event_id": event["id"], "status": "queued"}
         if parent_run_id:
             notice["parent_run_id"] = parent_run_id

@@ -19,6 +19,7 @@ from ironflow.services.core.errors import invalid_argument
 from ironflow.services.core.protojson import value_to_python
 from ironflow.v1 import common_pb2, runs_pb2
 
+from ._concurrency import drop_keys, keys_of
 from ._convert import error_to_json, retry_after
 from ._options import RunOptions
 from ._store import fenced_off, get_step, insert_step, lock_run, save_step, update_run
@@ -298,6 +299,9 @@ async def end_run(
     data["duration_ms"] = round(duration.total_seconds() * 1000, 3)
     events.run(run.id, status, data)
     events.ended.append(run.id)
+    if keys_of(run.input):
+        await drop_keys(conn, run.id)
+        events.due = True  # its slots are free: queued runs of the same keys can go
     await close_waits(conn, run.id, now=now)
     if run.parent_run_id:
         await _resume_parent(conn, run, status, now=now, events=events, output=output, error=error)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ironflow.services.core.errors import ErrorCode, ServiceError, invalid_argument
 from ironflow.services.core.storage import steps
 
+from ._concurrency import hold_keys, keys_of
 from ._options import RunOptions
 from ._store import fenced_off, update_run
 from ._system_events import SystemEvents
@@ -24,7 +25,13 @@ RESUMABLE_STATUSES = ("failed", "paused")
 
 
 async def resume(
-    conn: AsyncConnection, run: sa.Row[Any], from_step: str, *, now: datetime, events: SystemEvents
+    conn: AsyncConnection,
+    run: sa.Row[Any],
+    from_step: str,
+    *,
+    now: datetime,
+    events: SystemEvents,
+    dialect: str,
 ) -> list[str]:
     """Requeue the locked `run`; returns the ids of the steps that will run again."""
     if run.status not in RESUMABLE_STATUSES:
@@ -64,6 +71,8 @@ async def resume(
         timeout_at=now + timedelta(seconds=timeout) if timeout else None,
         **fenced_off(now),
     )
+    # An ended run left its concurrency keys; active again, it takes its place in them once more.
+    await hold_keys(conn, run.id, run.function_id, keys_of(run.input), dialect=dialect)
     events.run(
         run.id, "resumed", {"function_id": run.function_id, "from_step": from_step, "forgotten": forgotten}
     )

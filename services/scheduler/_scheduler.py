@@ -53,6 +53,7 @@ from ._store import (
     lock_run,
     next_due_at,
     steps_of,
+    untick,
     update_run,
     update_runs,
 )
@@ -310,6 +311,12 @@ class Scheduler:
             return runs_pb2.LeaseJobsResponse()
         now = self._clock()
         token = self._ids("lse")
+        known = await self._catalog.known()
+        prioritised = any((f := known.get(i)) is not None and f.priority is not None for i in function_ids)
+        ticketed = list(request.run_ids)
+        # A ticket of a prioritised function leases the function's best due run rather than the
+        # one it names: tickets are issued in the order runs became due, priority may reorder them.
+        substitute = bool(ticketed) and prioritised
 
         async def work(conn: AsyncConnection) -> tuple[list[runs_pb2.Job], datetime | None, SystemEvents]:
             announced = SystemEvents(ids=self._ids, now=now)
@@ -318,13 +325,19 @@ class Scheduler:
                     conn,
                     dialect=self._db.dialect,
                     function_ids=function_ids,
-                    limit=request.max_jobs,
+                    limit=min(request.max_jobs, len(ticketed)) if substitute else request.max_jobs,
                     now=now,
-                    run_ids=list(request.run_ids) or None,
+                    run_ids=(ticketed or None) if not substitute else None,
+                    prioritised=prioritised,
                 )
                 if request.max_jobs
                 else []
             )
+            if substitute:
+                taken = {row.id for row in claimed}
+                passed_over = [run_id for run_id in ticketed if run_id not in taken]
+                await untick(conn, passed_over)
+                announced.due = announced.due or bool(passed_over)  # ticket them again
             ids = [row.id for row in claimed]
             await update_runs(
                 conn,
@@ -352,7 +365,10 @@ class Scheduler:
                 )
             memo = await steps_of(conn, ids)
             jobs = [_job(row, memo[row.id], token=token, expires_at=now + duration) for row in claimed]
-            return jobs, await next_due_at(conn, function_ids), announced
+            # Due runs this claim left are not to be had now (their concurrency keys are full, or
+            # another claim holds them): say when the next one is due later, not "now" again.
+            short = len(claimed) < request.max_jobs
+            return jobs, await next_due_at(conn, function_ids, after=now if short else None), announced
 
         jobs, due, announced = await self._db.run(work)
         await self._after_commit(announced)
@@ -565,7 +581,7 @@ class Scheduler:
             run = await lock_run(conn, run_id, dialect=self._db.dialect)
             if run is None:
                 raise not_found("run", run_id)
-            await resume(conn, run, from_step, now=now, events=announced)
+            await resume(conn, run, from_step, now=now, events=announced, dialect=self._db.dialect)
             return announced
 
         await self._after_commit(await self._db.run(work))

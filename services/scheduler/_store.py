@@ -17,10 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ironflow.services.core.storage import UTCDateTime, insert_or_ignore, runs, steps
 
+from ._concurrency import admit_claims, keys_of, not_in_full_keys
+from ._priority import queue_order
+
 ACTIVE_STATUSES = ("queued", "running", "sleeping", "waiting", "paused")
 ENDED_STATUSES = ("completed", "failed", "cancelled")
 # Runs a worker may be handed: never started, or started and now between two executions.
 DISPATCHABLE_STATUSES = ("queued", "running")
+# Further pages a claim reads past runs whose concurrency keys are full.
+_MORE_PAGES = 3
 
 
 # The statements run several times for every run, built once: building `select(runs)` (every
@@ -65,33 +70,88 @@ async def claim_runs(
     limit: int,
     now: datetime,
     run_ids: Sequence[str] | None = None,
+    prioritised: bool = False,
 ) -> list[sa.Row[Any]]:
-    """Lock up to `limit` due, unleased runs of these functions, oldest due first.
+    """Lock up to `limit` due, unleased runs of these functions, oldest due first (with
+    `prioritised`, in priority order: `_priority.py`), leaving out runs whose concurrency keys are
+    full (`_concurrency.py`).
 
     With `run_ids`, only those runs (the ones a gateway holds tickets for). Their rows are waited
     for rather than skipped: a row locked for a moment (a duplicate ticket being leased elsewhere,
-    a cancel) must not cost its ticket. Locked in id order, so two such claims cannot deadlock.
+    a cancel) must not cost its ticket. Locked in id order, so two such claims cannot deadlock. One
+    of them whose concurrency key is full loses its ticket (it is ticketed again when a slot frees).
     """
-    query = sa.select(runs).where(
+    due = sa.and_(
         runs.c.status.in_(DISPATCHABLE_STATUSES),
         runs.c.lease_token.is_(None),
         runs.c.available_at <= now,
         runs.c.function_id.in_(list(function_ids)),
     )
     if run_ids is not None:
-        query = query.where(runs.c.id.in_(list(run_ids))).order_by(runs.c.id).limit(limit)
-        return list((await conn.execute(_locking(query, dialect))).all())
-    query = query.order_by(runs.c.available_at).limit(limit)
-    return list((await conn.execute(_locking(query, dialect, skip_locked=True))).all())
+        query = sa.select(runs).where(due, runs.c.id.in_(list(run_ids))).order_by(runs.c.id).limit(limit)
+        presented = list((await conn.execute(_locking(query, dialect))).all())
+        if not any(keys_of(row.input) for row in presented):
+            return presented
+        admitted, refused, _ = await admit_claims(conn, presented, limit=limit, dialect=dialect)
+        await untick(conn, [row.id for row in refused])
+        return admitted
+    order = queue_order(dialect) if prioritised else runs.c.available_at
+    query = sa.select(runs).where(due).order_by(order).limit(limit)
+    candidates = list((await conn.execute(_locking(query, dialect, skip_locked=True))).all())
+    if not any(keys_of(row.input) for row in candidates):
+        return candidates
+    admitted, _, full = await admit_claims(conn, candidates, limit=limit, dialect=dialect)
+    # Runs of full keys took places in that page: look past them, a few pages at most.
+    seen = {row.id for row in candidates}
+    for _ in range(_MORE_PAGES):
+        if len(admitted) >= limit or not full:
+            break
+        wanted = limit - len(admitted)
+        query = (
+            sa.select(runs)
+            .where(due, not_in_full_keys(full), runs.c.id.not_in(sorted(seen)))
+            .order_by(order)
+            .limit(wanted)
+        )
+        more = list((await conn.execute(_locking(query, dialect, skip_locked=True))).all())
+        if not more:
+            break
+        seen.update(row.id for row in more)
+        extra, _, full_now = await admit_claims(
+            conn, more, limit=wanted, dialect=dialect, counted=admitted, wait_for_locks=False
+        )
+        admitted += extra
+        full |= full_now
+    return admitted
 
 
-async def next_due_at(conn: AsyncConnection, function_ids: Sequence[str]) -> datetime | None:
+async def untick(conn: AsyncConnection, run_ids: Sequence[str]) -> None:
+    """Forget that these runs have a job ticket (it was used up without leasing them): the issuer
+    tickets them again when they can be leased."""
+    if run_ids:
+        await conn.execute(
+            runs.update()
+            .where(
+                runs.c.id.in_(list(run_ids)),
+                runs.c.lease_token.is_(None),
+                runs.c.ticketed_sequence == runs.c.execution_sequence,
+            )
+            .values(ticketed_sequence=None)
+        )
+
+
+async def next_due_at(
+    conn: AsyncConnection, function_ids: Sequence[str], *, after: datetime | None = None
+) -> datetime | None:
+    """When the earliest unleased run of these functions is due (only those due after `after`)."""
     # type_coerce keeps the aware-UTC conversion of the column for the aggregate (SQLite gives text).
     query = sa.select(sa.type_coerce(sa.func.min(runs.c.available_at), UTCDateTime)).where(
         runs.c.status.in_(DISPATCHABLE_STATUSES),
         runs.c.lease_token.is_(None),
         runs.c.function_id.in_(list(function_ids)),
     )
+    if after is not None:
+        query = query.where(runs.c.available_at > after)
     value: datetime | None = (await conn.execute(query)).scalar_one_or_none()
     return value
 

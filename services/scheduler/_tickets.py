@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,6 +47,8 @@ from ironflow.services.core.streams import Stream
 from ironflow.services.core.tasks import stop_task
 
 from ._catalog import FunctionCatalog
+from ._concurrency import not_in_full_keys, saturated_keys, ticket_capacity
+from ._priority import queue_order
 from ._store import DISPATCHABLE_STATUSES
 
 log = logging.getLogger("ironflow.scheduler")
@@ -118,14 +120,28 @@ class JobTickets:
 
     async def issue(self) -> tuple[int, datetime | None]:
         """Ticket due runs of pull functions; returns (issued, when the next unticketed run is due)."""
-        pull = [function.id for function in await self._catalog.functions() if function.mode == "pull"]
-        if not pull:
+        functions = [function for function in await self._catalog.functions() if function.mode == "pull"]
+        if not functions:
             return 0, None
+        pull = [function.id for function in functions]
+        limited = [function.id for function in functions if function.concurrency]
+        prioritised = any(function.priority is not None for function in functions)
         now = self._clock()
         settings = self._settings
 
         async def work(conn: AsyncConnection) -> tuple[int, datetime | None]:
-            due = await _unticketed(conn, self._db.dialect, pull, now=now, limit=settings.batch)
+            # Runs of full concurrency keys get no ticket until a slot frees (`_concurrency.py`).
+            full = await saturated_keys(conn, limited, now=now, count_tickets=True) if limited else set()
+            found = await _unticketed(
+                conn,
+                self._db.dialect,
+                pull,
+                now=now,
+                limit=settings.batch,
+                prioritised=prioritised,
+                full=full,
+            )
+            due = await ticket_capacity(conn, found, limited, now=now) if limited else found
             if due:
                 by_function: dict[str, list[dict[str, str]]] = defaultdict(list)
                 for row in due:
@@ -141,7 +157,7 @@ class JobTickets:
                     .where(runs.c.id.in_([row.id for row in due]))
                     .values(ticketed_sequence=runs.c.execution_sequence, ticketed_at=now)
                 )
-            if len(due) >= settings.batch:
+            if len(found) >= settings.batch:
                 return len(due), now  # more are due: go again at once
             return len(due), await _next_unticketed_at(conn, pull, now=now)
 
@@ -246,20 +262,26 @@ def _not_ticketed() -> Any:
 
 
 async def _unticketed(
-    conn: AsyncConnection, dialect: str, function_ids: Sequence[str], *, now: datetime, limit: int
+    conn: AsyncConnection,
+    dialect: str,
+    function_ids: Sequence[str],
+    *,
+    now: datetime,
+    limit: int,
+    prioritised: bool = False,
+    full: Collection[str] = (),
 ) -> list[Any]:
-    query = (
-        sa.select(runs.c.id, runs.c.function_id, runs.c.execution_sequence)
-        .where(
-            runs.c.status.in_(DISPATCHABLE_STATUSES),
-            runs.c.lease_token.is_(None),
-            runs.c.available_at <= now,
-            runs.c.function_id.in_(list(function_ids)),
-            _not_ticketed(),
-        )
-        .order_by(runs.c.available_at)
-        .limit(limit)
+    """Due runs without a ticket, in dispatch order, leaving out runs of the `full` concurrency keys."""
+    query = sa.select(runs.c.id, runs.c.function_id, runs.c.execution_sequence).where(
+        runs.c.status.in_(DISPATCHABLE_STATUSES),
+        runs.c.lease_token.is_(None),
+        runs.c.available_at <= now,
+        runs.c.function_id.in_(list(function_ids)),
+        _not_ticketed(),
     )
+    if full:
+        query = query.where(not_in_full_keys(full))
+    query = query.order_by(queue_order(dialect) if prioritised else runs.c.available_at).limit(limit)
     if dialect == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return list((await conn.execute(query)).all())

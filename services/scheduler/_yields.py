@@ -85,6 +85,8 @@ async def apply_yields(
             conn, run.id, status=status, worker_id=None, available_at=None, **fenced_off(ctx.now)
         )
         ctx.events.run(run.id, status, {"function_id": run.function_id})
+        if run.input and run.input.get("concurrency"):
+            ctx.events.due = True  # suspended, it holds no concurrency slot: queued runs can go
     else:
         # Nothing left to wait for before the next execution (the pending waits stay registered and
         # are yielded again, finding their rows).

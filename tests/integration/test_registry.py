@@ -90,6 +90,18 @@ async def test_invalid_cel_is_rejected_naming_the_expression_and_nothing_is_stor
         assert await client.list_functions() == []
 
 
+def _flow_definition(
+    *, concurrency: list[tuple[int, str]] | None = None, priority: str = ""
+) -> functions_pb2.FunctionDefinition:
+    return functions_pb2.FunctionDefinition(
+        id="f",
+        concurrency=[
+            functions_pb2.ConcurrencyLimit(limit=limit, key=key) for limit, key in concurrency or []
+        ],
+        priority=priority,
+    )
+
+
 @pytest.mark.parametrize(
     ("definition", "field"),
     [
@@ -126,6 +138,12 @@ async def test_invalid_cel_is_rejected_naming_the_expression_and_nothing_is_stor
             _admission_definition(idempotency={"key": "event.data.id", "window": "-5s"}),
             "functions[0].idempotency.window",
         ),
+        (_flow_definition(concurrency=[(0, "")]), "functions[0].concurrency[0].limit"),
+        (_flow_definition(concurrency=[(2, ""), (1, "event.data.(")]), "functions[0].concurrency[1].key"),
+        (_flow_definition(concurrency=[(1, "")] * 11), "functions[0].concurrency"),
+        (_flow_definition(priority="601"), "functions[0].priority"),
+        (_flow_definition(priority="-1000"), "functions[0].priority"),
+        (_flow_definition(priority="event.data.tier == "), "functions[0].priority"),
     ],
 )
 async def test_bad_definitions_are_invalid_argument_naming_the_field(
@@ -245,3 +263,40 @@ async def test_a_cron_trigger_is_normalised_and_shown_by_get_function_and_the_cl
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 0, err.decode()
     assert json.loads(out)["triggers"][1] == expected
+
+
+async def test_concurrency_and_priority_are_shown_by_get_function_and_the_cli(
+    live_server: LiveServer,
+) -> None:
+    """Declared with the SDK, the limits and the priority come back from GetFunction, the SDK's
+    FunctionInfo and `ironflow functions get`."""
+
+    @ironflow.function(
+        id="limited",
+        mode="push",
+        triggers=[ironflow.on_event("order.placed")],
+        concurrency=[
+            ironflow.Concurrency(limit=5),
+            ironflow.Concurrency(limit=2, key="event.data.customerId"),
+        ],
+        priority="event.data.tier == 'gold' ? 100 : 0",
+    )
+    async def limited(ctx: ironflow.Context) -> None:
+        return None
+
+    async with ironflow.Client(live_server.url) as client:
+        await client.register([limited], endpoint_url="http://127.0.0.1:9/api")
+        info = await client.get_function("limited")
+    limits = [{"limit": 5}, {"limit": 2, "key": "event.data.customerId"}]
+    assert info.definition["concurrency"] == limits
+    assert info.definition["priority"] == "event.data.tier == 'gold' ? 100 : 0"
+
+    cli = [sys.executable, "-m", "ironflow.services.server", "--server-url", live_server.url]
+    process = await asyncio.create_subprocess_exec(
+        *cli, "functions", "get", "limited", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    shown = json.loads(out)
+    assert shown["definition"]["concurrency"] == limits
+    assert shown["definition"]["priority"] == "event.data.tier == 'gold' ? 100 : 0"

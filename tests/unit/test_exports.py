@@ -6,6 +6,7 @@ import ironflow
 
 EXPECTED = {
     "Client",
+    "Concurrency",
     "ConsumerGroup",
     "Context",
     "CronTrigger",

@@ -28,6 +28,7 @@ from ._tables import (
     push_endpoints,
     rate_limit_admissions,
     rate_limit_keys,
+    run_concurrency_keys,
     runs,
     schema_versions,
     topic_stats,
@@ -95,6 +96,11 @@ def _add_admission_tables(conn: sa.Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _add_concurrency_and_priority(conn: sa.Connection) -> None:
+    _add_run_columns(conn, runs.c.priority)
+    run_concurrency_keys.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, functions, function versions, runs, steps, waits", _create_initial_tables),
     Migration(
@@ -106,6 +112,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "job tickets: which runs have a delivery on the stream", _add_job_tickets),
     Migration(7, "cron triggers: the next tick of each schedule", _add_cron_schedules),
     Migration(8, "idempotency keys and rate limit logs of functions", _add_admission_tables),
+    Migration(9, "concurrency keys of active runs; run priority", _add_concurrency_and_priority),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -125,11 +125,28 @@ runs = sa.Table(
     # A due run whose sequence differs has no ticket yet. Added by migration 6.
     sa.Column("ticketed_sequence", sa.BigInteger, nullable=True),
     sa.Column("ticketed_at", UTCDateTime, nullable=True),
+    # Seconds of head start in the dispatch order of a prioritised function (`_priority.py`); null
+    # means 0. Added by migration 9.
+    sa.Column("priority", sa.Integer, nullable=True),
     # Triggering is idempotent per (event, function).
     sa.UniqueConstraint("event_id", "function_id", name="ux_runs_event_function"),
     sa.Index("ix_runs_status_available", "status", "available_at"),
     sa.Index("ix_runs_function_created", "function_id", "created_at"),
     sa.Index("ix_runs_parent", "parent_run_id"),
+)
+
+# scheduler: the concurrency keys of active runs of functions with concurrency limits, one row per
+# (run, key); a run leaves its rows when it ends. `key` hashes (function, limit's key expression, key
+# value); `limit` is the limit the run was created under. Added by migration 9.
+run_concurrency_keys = sa.Table(
+    "run_concurrency_keys",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("function_id", sa.String(128), nullable=False),
+    sa.Column("limit", sa.Integer, nullable=False),
+    sa.Index("ix_run_concurrency_keys_key", "key"),
+    sa.Index("ix_run_concurrency_keys_function", "function_id"),
 )
 
 # scheduler: memoized steps of a run, keyed by deterministic step id.
