@@ -26,6 +26,7 @@ from ironflow.v1 import functions_pb2
 
 from ._admission import Admission, compile_admission
 from ._options import RunOptions
+from ._throttle import ThrottleRule, compile_throttle
 
 log = logging.getLogger("ironflow.scheduler")
 
@@ -71,6 +72,8 @@ class CompiledFunction:
     crons: tuple[CronTrigger, ...] = ()
     # Rate limit and idempotency: whether a matching event may start a run (`_admission.py`).
     admission: Admission | None = None
+    # Throttle: when a run an event starts may begin (`_throttle.py`).
+    throttle: ThrottleRule | None = None
 
     def matches(self, name: str, variables: dict[str, Any]) -> bool:
         return any(trigger.matches(name, variables) for trigger in self.triggers)
@@ -108,6 +111,7 @@ def compile_function(function: functions_pb2.Function) -> CompiledFunction:
         endpoint_url=definition.endpoint_url,
         crons=tuple(crons.values()),
         admission=compile_admission(definition, field=f"functions[{definition.id}]"),
+        throttle=compile_throttle(definition, field=f"functions[{definition.id}]"),
     )
 
 

@@ -38,6 +38,7 @@ EXPECTED = {
     "Steps",
     "Subscription",
     "SyncClient",
+    "Throttle",
     "TopicInfo",
     "TopicPage",
     "Worker",

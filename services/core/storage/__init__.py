@@ -16,6 +16,7 @@ from ._tables import (
     runs,
     schema_versions,
     steps,
+    throttle_keys,
     topic_stats,
     waits,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "schema_version",
     "schema_versions",
     "steps",
+    "throttle_keys",
     "topic_stats",
     "waits",
 ]
