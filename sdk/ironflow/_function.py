@@ -1,4 +1,5 @@
-"""Declaring functions: `@ironflow.function`, its triggers, retry policy, rate limit and idempotency.
+"""Declaring functions: `@ironflow.function`, its triggers, retry policy and flow control (throttle,
+rate limit, idempotency).
 
 The decorator only describes; nothing is sent until a worker connects (pull mode) or the app calls
 `client.register` (push mode). The description becomes a `FunctionDefinition`, which the server
@@ -25,6 +26,7 @@ Handler = Callable[["Context"], Awaitable[Any]]
 
 _FUNCTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _MODES = {"pull": functions_pb2.FUNCTION_MODE_PULL, "push": functions_pb2.FUNCTION_MODE_PUSH}
+_MAX_THROTTLE_PERIOD = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,41 @@ class Retry:
             factor=self.factor,
             max_delay=to_duration_proto(self.max_delay, field="retry.max_delay"),
             on_exhausted=self.on_exhausted,
+        )
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """Start runs no faster than `limit` per `period` (at most 7 days) per value of the CEL `key` over
+    `event` (one shared schedule without a key). Runs beyond that are delayed, not dropped: they stay
+    queued and start in order, one every `period / limit`. After a quiet spell `burst` extra runs may
+    start at once [0]. Exactly: in any window of length `period` at most `limit + burst` runs of a key
+    are released to start."""
+
+    limit: int
+    period: Duration
+    key: str | None = None
+    burst: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            raise ValueError(f"throttle.limit: must be a positive integer, got {self.limit!r}")
+        period = to_seconds(self.period, field="throttle.period")
+        if not 0 < period <= _MAX_THROTTLE_PERIOD:
+            raise ValueError(f"throttle.period: must be positive and at most 7 days, got {self.period!r}")
+        if self.key is not None and (not isinstance(self.key, str) or not self.key):
+            raise ValueError(
+                f"throttle.key: must be a CEL expression such as 'event.data.userId', got {self.key!r}"
+            )
+        if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 0:
+            raise ValueError(f"throttle.burst: must be an integer of at least 0, got {self.burst!r}")
+
+    def to_proto(self) -> functions_pb2.Throttle:
+        return functions_pb2.Throttle(
+            limit=self.limit,
+            period=to_duration_proto(self.period, field="throttle.period"),
+            key=self.key or "",
+            burst=self.burst,
         )
 
 
@@ -213,6 +250,7 @@ class Function:
     concurrency: tuple[Concurrency, ...] = ()
     # An integer (as text) or a CEL expression over `event`; "" for none.
     priority: str = ""
+    throttle: Throttle | None = None
 
     def definition(self, *, endpoint_url: str | None = None) -> functions_pb2.FunctionDefinition:
         definition = functions_pb2.FunctionDefinition(
@@ -228,6 +266,8 @@ class Function:
         )
         if self.timeout is not None:
             definition.timeout.FromTimedelta(timedelta(seconds=self.timeout))
+        if self.throttle is not None:
+            definition.throttle.CopyFrom(self.throttle.to_proto())
         if self.rate_limit is not None:
             definition.rate_limit.CopyFrom(self.rate_limit.to_proto())
         if self.idempotency is not None:
@@ -248,16 +288,19 @@ def function(
     idempotency: str | Idempotency | None = None,
     concurrency: ConcurrencySpec | None = None,
     priority: int | str | None = None,
+    throttle: Throttle | None = None,
 ) -> Callable[[Handler], Function]:
     """Declare a durable function; decorates an `async def handler(ctx)`.
 
     `cancel_on=[ironflow.on_event("order.cancelled", if_="async.data.id == event.data.id")]` cancels a
     running instance when a matching event arrives (`event` is the run's trigger, `async` the new one).
 
-    `rate_limit=ironflow.RateLimit(limit=10, period="1m", key="event.data.userId")` skips events beyond
-    10 runs a minute per user; `idempotency="event.data.orderId"` (or `ironflow.Idempotency(key=...,
-    window="24h")`) starts one run per order id within the window. Keys are CEL over `event`; a key
-    that cannot be evaluated (a missing field) or is null counts as one shared empty key.
+    `throttle=ironflow.Throttle(limit=10, period="1m", key="event.data.userId")` delays runs beyond
+    10 a minute per user (they start later, one every 6 s); `rate_limit=ironflow.RateLimit(...)` with
+    the same numbers skips those events instead; `idempotency="event.data.orderId"` (or
+    `ironflow.Idempotency(key=..., window="24h")`) starts one run per order id within the window. Keys
+    are CEL over `event`; a key that cannot be evaluated (a missing field) or is null counts as one
+    shared empty key.
 
     `concurrency=[ironflow.Concurrency(limit=2, key="event.data.customerId")]` lets at most two runs
     per customer execute at once (several limits may be given; `concurrency=5` is one limit over all
@@ -277,6 +320,8 @@ def function(
     for index, trigger in enumerate(cancel_on):
         if not isinstance(trigger, EventTrigger):
             raise ValueError(f"cancel_on[{index}]: use ironflow.on_event(...)")
+    if throttle is not None and not isinstance(throttle, Throttle):
+        raise ValueError("throttle: use ironflow.Throttle(limit=..., period=..., key=None, burst=0)")
     if rate_limit is not None and not isinstance(rate_limit, RateLimit):
         raise ValueError("rate_limit: use ironflow.RateLimit(limit=..., period=..., key=None)")
     idempotency_rule = Idempotency(key=idempotency) if isinstance(idempotency, str) else idempotency
@@ -306,6 +351,7 @@ def function(
             idempotency=idempotency_rule,
             concurrency=limits,
             priority=priority_text,
+            throttle=throttle,
         )
 
     return decorate

@@ -25,6 +25,10 @@ MAX_ADMISSION_SPAN = timedelta(days=366)
 MAX_PRIORITY = 600
 MAX_CONCURRENCY_LIMITS = 10
 _INTEGER = re.compile(r"[+-]?\d+")
+# Throttle periods: runs are delayed (kept queued) by up to a period per run ahead of them, so a
+# week is the longest that stays meaningful (Inngest's bound too). Bursts beyond this are no throttle.
+MAX_THROTTLE_PERIOD = timedelta(days=7)
+MAX_THROTTLE_BURST = 100_000
 
 
 def check_endpoint_url(url: str, *, field: str) -> str:
@@ -61,12 +65,7 @@ def normalise_definition(
     if result.HasField("timeout") and result.timeout.ToTimedelta().total_seconds() <= 0:
         raise invalid_argument(f"{field}.timeout", "must be positive when set")
     _resolve_mode(result, field=field, default_endpoint_url=default_endpoint_url)
-    _check_concurrency(result, field=field)
-    _check_priority(result, field=field)
-    if result.HasField("rate_limit"):
-        _check_rate_limit(result.rate_limit, field=f"{field}.rate_limit")
-    if result.HasField("idempotency"):
-        _check_idempotency(result.idempotency, field=f"{field}.idempotency")
+    _check_flow_control(result, field=field)
     return result
 
 
@@ -91,6 +90,17 @@ def _check_priority(definition: functions_pb2.FunctionDefinition, *, field: str)
             )
     elif definition.priority:
         check_expression(definition.priority, field=f"{field}.priority")
+
+
+def _check_flow_control(definition: functions_pb2.FunctionDefinition, *, field: str) -> None:
+    _check_concurrency(definition, field=field)
+    _check_priority(definition, field=field)
+    if definition.HasField("throttle"):
+        _check_throttle(definition.throttle, field=f"{field}.throttle")
+    if definition.HasField("rate_limit"):
+        _check_rate_limit(definition.rate_limit, field=f"{field}.rate_limit")
+    if definition.HasField("idempotency"):
+        _check_idempotency(definition.idempotency, field=f"{field}.idempotency")
 
 
 def _resolve_mode(
@@ -134,6 +144,25 @@ def _check_retry(retry: functions_pb2.RetryPolicy, *, field: str) -> None:
         raise invalid_argument(
             f"{field}.on_exhausted", f"must be 'fail' or 'pause', got {retry.on_exhausted!r}"
         )
+
+
+def _check_throttle(throttle: functions_pb2.Throttle, *, field: str) -> None:
+    """`limit` runs per `period` (at most 7 days), `burst` extra at once [0], an optional key."""
+    if throttle.limit < 1:
+        raise invalid_argument(f"{field}.limit", f"must be at least 1, got {throttle.limit}")
+    if not throttle.HasField("period"):
+        raise invalid_argument(f"{field}.period", "is required (for example 1s or 1m)")
+    period = throttle.period.ToTimedelta()
+    if period <= timedelta(0):
+        raise invalid_argument(f"{field}.period", "must be positive")
+    if period > MAX_THROTTLE_PERIOD:
+        raise invalid_argument(f"{field}.period", f"must be at most {MAX_THROTTLE_PERIOD.days} days")
+    if not 0 <= throttle.burst <= MAX_THROTTLE_BURST:
+        raise invalid_argument(
+            f"{field}.burst", f"must be between 0 and {MAX_THROTTLE_BURST}, got {throttle.burst}"
+        )
+    if throttle.key:
+        check_expression(throttle.key, field=f"{field}.key")
 
 
 def _check_rate_limit(rate_limit: functions_pb2.RateLimit, *, field: str) -> None:

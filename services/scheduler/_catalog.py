@@ -28,6 +28,7 @@ from ._admission import Admission, compile_admission
 from ._concurrency import ConcurrencyLimit, compile_concurrency
 from ._options import RunOptions
 from ._priority import Priority, compile_priority
+from ._throttle import ThrottleRule, compile_throttle
 
 log = logging.getLogger("ironflow.scheduler")
 
@@ -73,6 +74,8 @@ class CompiledFunction:
     crons: tuple[CronTrigger, ...] = ()
     # Rate limit and idempotency: whether a matching event may start a run (`_admission.py`).
     admission: Admission | None = None
+    # Throttle: when a run an event starts may begin (`_throttle.py`).
+    throttle: ThrottleRule | None = None
     # How many of its runs may execute at once, per key (`_concurrency.py`).
     concurrency: tuple[ConcurrencyLimit, ...] = ()
     # The head start its runs get in the dispatch order (`_priority.py`).
@@ -121,6 +124,7 @@ def compile_function(function: functions_pb2.Function) -> CompiledFunction:
         admission=compile_admission(definition, field=f"functions[{definition.id}]"),
         concurrency=compile_concurrency(definition, field=f"functions[{definition.id}]"),
         priority=compile_priority(definition.priority, field=f"functions[{definition.id}].priority"),
+        throttle=compile_throttle(definition, field=f"functions[{definition.id}]"),
     )
 
 

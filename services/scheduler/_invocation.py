@@ -70,8 +70,10 @@ async def start_run(
     events: SystemEvents,
     parent_run_id: str | None = None,
     parent_step_id: str | None = None,
+    available_at: datetime | None = None,
 ) -> str:
-    """Create the run of `function` for `event` unless it exists; returns its id."""
+    """Create the run of `function` for `event` unless it exists; returns its id. The run is due at
+    `available_at` (default `now`)."""
     run_id, _ = await create_run(
         conn,
         function,
@@ -82,6 +84,7 @@ async def start_run(
         events=events,
         parent_run_id=parent_run_id,
         parent_step_id=parent_step_id,
+        available_at=available_at,
     )
     return run_id
 
@@ -97,8 +100,11 @@ async def create_run(
     events: SystemEvents,
     parent_run_id: str | None = None,
     parent_step_id: str | None = None,
+    available_at: datetime | None = None,
 ) -> tuple[str, bool]:
-    """`start_run`, also saying whether the run is new (False: the event had started it already)."""
+    """`start_run`, also saying whether the run is new (False: the event had started it already).
+    A run due later than `now` (a throttle delayed it) says when in its `created` event."""
+    due = now if available_at is None else available_at
     with telemetry.span(
         f"{telemetry.SPAN_CREATE_RUN} {function.id}",
         attributes={telemetry.ATTR_FUNCTION_ID: function.id, telemetry.ATTR_EVENT_ID: event["id"]},
@@ -130,7 +136,7 @@ async def create_run(
                 "options": function.options.to_json(),
                 "parent_run_id": parent_run_id,
                 "parent_step_id": parent_step_id,
-                "available_at": now,
+                "available_at": due,
                 "execution_sequence": 0,
                 "priority": priority,
                 "created_at": now,
@@ -144,6 +150,8 @@ async def create_run(
         notice: dict[str, Any] = {"function_id": function.id, "event_id": event["id"], "status": "queued"}
         if parent_run_id:
             notice["parent_run_id"] = parent_run_id
+        if due > now:
+            notice["available_at"] = due.isoformat()
         events.run(run_id, "created", notice)
         events.due = True
     return run_id, created

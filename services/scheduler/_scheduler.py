@@ -58,6 +58,7 @@ from ._store import (
     update_runs,
 )
 from ._system_events import SystemEvents
+from ._throttle import sweep_throttles, throttle_start
 from ._tickets import JobTickets, TicketSettings
 from ._timers import fire_due_waits
 from ._waits import next_timer_at
@@ -96,8 +97,8 @@ class SchedulerSettings:
     tickets: TicketSettings = field(default_factory=TicketSettings)
     # Cron triggers: how often they are looked at, and how late a tick may be before it counts as missed.
     cron: CronSettings = field(default_factory=CronSettings)
-    # How often expired idempotency keys and idle rate limit keys are deleted (expired ones already
-    # count as free; sweeping only reclaims the space).
+    # How often expired idempotency keys and idle rate limit and throttle keys are deleted (expired
+    # ones already count as free; sweeping only reclaims the space).
     admission_sweep_interval: timedelta = timedelta(minutes=1)
 
 
@@ -182,7 +183,7 @@ class Scheduler:
         """Create one run per matching function, idempotently; resume the waits the event matches and
         cancel the runs it cancels. Returns every run id the event started. A function whose rate
         limit or idempotency key refuses the event starts none; `system.function.<id>.skipped` says
-        why (`_admission.py`)."""
+        why (`_admission.py`). A throttled function's run is created due later (`_throttle.py`)."""
         if not event.id:
             raise invalid_argument("event.id", "is required")
         if event.namespace not in ("", "events"):
@@ -199,6 +200,7 @@ class Scheduler:
         now = self._clock()
         # Keys are evaluated before the transaction opens: it holds locks, CEL needs none.
         admission_keys = {f.id: f.admission.keys(variables) for f in matched if f.admission is not None}
+        throttle_keys = {f.id: f.throttle.key_of(variables) for f in matched if f.throttle is not None}
 
         async def work(conn: AsyncConnection) -> tuple[list[str], list[str], SystemEvents]:
             announced = SystemEvents(ids=self._ids, now=now)
@@ -218,6 +220,17 @@ class Scheduler:
                         skipped = {"event_id": event.id, "event_name": event.name, "reason": refused}
                         announced.function(function.id, "skipped", skipped)
                         continue
+                available_at = now
+                if function.throttle is not None:
+                    available_at = await throttle_start(
+                        conn,
+                        function.throttle,
+                        throttle_keys[function.id],
+                        function_id=function.id,
+                        event_id=event.id,
+                        now=now,
+                        dialect=self._db.dialect,
+                    )
                 run_id = await start_run(
                     conn,
                     function,
@@ -226,6 +239,7 @@ class Scheduler:
                     ids=self._ids,
                     dialect=self._db.dialect,
                     events=announced,
+                    available_at=available_at,
                 )
                 run_ids.append(run_id)
             await resume_waits(
@@ -661,11 +675,12 @@ class Scheduler:
         return fired, next_at
 
     async def sweep_admissions(self) -> int:
-        """Delete expired idempotency keys and idle rate limit keys (a batch); returns how many."""
+        """Delete expired idempotency keys and idle rate limit and throttle keys (a batch of each);
+        returns how many."""
         now = self._clock()
 
         async def work(conn: AsyncConnection) -> int:
-            return await sweep_admissions(conn, now=now)
+            return await sweep_admissions(conn, now=now) + await sweep_throttles(conn, now=now)
 
         return await self._db.run(work)
 

@@ -33,7 +33,7 @@ def _definition(
 
 
 def _admission_definition(**controls: dict[str, Any]) -> functions_pb2.FunctionDefinition:
-    """A function with a rate limit and/or idempotency given as their JSON form."""
+    """A function with flow control (throttle, rate limit, idempotency) given as its JSON form."""
     definition = json_format.ParseDict({"id": "f", **controls}, functions_pb2.FunctionDefinition())
     definition.triggers.append(functions_pb2.Trigger(event=functions_pb2.EventTrigger(event="order.placed")))
     return definition
@@ -131,6 +131,17 @@ def _flow_definition(
         (
             _admission_definition(rate_limit={"limit": 3, "period": "60s", "key": "event.data.("}),
             "functions[0].rate_limit.key",
+        ),
+        (_admission_definition(throttle={"limit": 0, "period": "1s"}), "functions[0].throttle.limit"),
+        (_admission_definition(throttle={"limit": 2}), "functions[0].throttle.period"),
+        (_admission_definition(throttle={"limit": 2, "period": "604801s"}), "functions[0].throttle.period"),
+        (
+            _admission_definition(throttle={"limit": 2, "period": "1s", "burst": -1}),
+            "functions[0].throttle.burst",
+        ),
+        (
+            _admission_definition(throttle={"limit": 2, "period": "1s", "key": "event.data.("}),
+            "functions[0].throttle.key",
         ),
         (_admission_definition(idempotency={"key": "event.data.id +"}), "functions[0].idempotency.key"),
         (_admission_definition(idempotency={"window": "60s"}), "functions[0].idempotency.key"),

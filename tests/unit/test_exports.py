@@ -39,6 +39,7 @@ EXPECTED = {
     "Steps",
     "Subscription",
     "SyncClient",
+    "Throttle",
     "TopicInfo",
     "TopicPage",
     "Worker",

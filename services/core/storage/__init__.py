@@ -17,6 +17,7 @@ from ._tables import (
     runs,
     schema_versions,
     steps,
+    throttle_keys,
     topic_stats,
     waits,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "schema_version",
     "schema_versions",
     "steps",
+    "throttle_keys",
     "topic_stats",
     "waits",
 ]

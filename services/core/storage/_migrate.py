@@ -31,6 +31,7 @@ from ._tables import (
     run_concurrency_keys,
     runs,
     schema_versions,
+    throttle_keys,
     topic_stats,
     waits,
 )
@@ -101,6 +102,10 @@ def _add_concurrency_and_priority(conn: sa.Connection) -> None:
     run_concurrency_keys.create(conn, checkfirst=True)
 
 
+def _add_throttle_keys(conn: sa.Connection) -> None:
+    throttle_keys.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, functions, function versions, runs, steps, waits", _create_initial_tables),
     Migration(
@@ -113,6 +118,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "cron triggers: the next tick of each schedule", _add_cron_schedules),
     Migration(8, "idempotency keys and rate limit logs of functions", _add_admission_tables),
     Migration(9, "concurrency keys of active runs; run priority", _add_concurrency_and_priority),
+    Migration(10, "throttle schedules of functions, one per key", _add_throttle_keys),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

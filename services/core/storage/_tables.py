@@ -274,6 +274,21 @@ rate_limit_admissions = sa.Table(
     sa.Index("ix_rate_limit_admissions_key_time", "function_id", "key_hash", "admitted_at"),
 )
 
+# scheduler: throttles (`throttle`), one row per (function, key): `tat` is the key's theoretical
+# arrival time (GCRA), the earliest time the next run could start with no burst to spend. A trigger
+# locks the row (SELECT ... FOR UPDATE on Postgres; SQLite's BEGIN IMMEDIATE serialises writers),
+# gives its run a start time from it and moves it on, in the transaction that creates the run. A row
+# whose `tat` has passed means the same as no row, so idle rows are swept. Added by migration 10.
+throttle_keys = sa.Table(
+    "throttle_keys",
+    metadata,
+    sa.Column("function_id", sa.String(128), primary_key=True),
+    sa.Column("key_hash", sa.String(64), primary_key=True),
+    sa.Column("tat", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_throttle_keys_tat", "tat"),
+)
+
 # scheduler: the circuit breaker of each push endpoint, written when its state changes so that
 # GetFunction can show it and a restarted dispatcher resumes where it was. Added by migration 4.
 push_endpoints = sa.Table(
