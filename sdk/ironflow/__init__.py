@@ -18,7 +18,9 @@ from ._client import Client
 from ._context import Context
 from ._errors import InvokeError, IronflowError, NonRetryableError, RetryAfterError, StepError
 from ._function import (
+    Batching,
     CronTrigger,
+    Debounce,
     EventTrigger,
     Function,
     Idempotency,
@@ -51,10 +53,12 @@ from ._sync import SyncClient
 from ._worker import Worker
 
 __all__ = [
+    "Batching",
     "Client",
     "ConsumerGroup",
     "Context",
     "CronTrigger",
+    "Debounce",
     "EmitResult",
     "Event",
     "EventPage",

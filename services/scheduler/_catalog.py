@@ -24,6 +24,7 @@ from ironflow.services.core.ids import Clock, utc_now
 from ironflow.services.core.subjects import NamePattern
 from ironflow.v1 import functions_pb2
 
+from ._accumulation import Accumulation, compile_accumulation
 from ._admission import Admission, compile_admission
 from ._options import RunOptions
 
@@ -71,6 +72,8 @@ class CompiledFunction:
     crons: tuple[CronTrigger, ...] = ()
     # Rate limit and idempotency: whether a matching event may start a run (`_admission.py`).
     admission: Admission | None = None
+    # Debounce or batching: matching events gather into one run not started yet (`_pending_runs.py`).
+    accumulation: Accumulation | None = None
 
     def matches(self, name: str, variables: dict[str, Any]) -> bool:
         return any(trigger.matches(name, variables) for trigger in self.triggers)
@@ -108,6 +111,7 @@ def compile_function(function: functions_pb2.Function) -> CompiledFunction:
         endpoint_url=definition.endpoint_url,
         crons=tuple(crons.values()),
         admission=compile_admission(definition, field=f"functions[{definition.id}]"),
+        accumulation=compile_accumulation(definition, field=f"functions[{definition.id}]"),
     )
 
 

@@ -9,6 +9,7 @@ per (event, function), so a replayed invocation finds the run it already started
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -95,13 +96,16 @@ async def create_run(
     events: SystemEvents,
     parent_run_id: str | None = None,
     parent_step_id: str | None = None,
+    available_at: datetime | None = None,
+    extra_input: Mapping[str, Any] | None = None,
 ) -> tuple[str, bool]:
-    """`start_run`, also saying whether the run is new (False: the event had started it already)."""
+    """`start_run`, also saying whether the run is new (False: the event had started it already).
+    `available_at` makes it due later than now; `extra_input` is kept in its input beside the event."""
     with telemetry.span(
         f"{telemetry.SPAN_CREATE_RUN} {function.id}",
         attributes={telemetry.ATTR_FUNCTION_ID: function.id, telemetry.ATTR_EVENT_ID: event["id"]},
     ) as span:
-        run_input: dict[str, Any] = {"event": event}
+        run_input: dict[str, Any] = {**(extra_input or {}), "event": event}
         # Kept with the run (no column of its own: the run's input is JSON), so every later job of
         # the run continues this trace however much later, and from whichever request, it is leased.
         if trace := telemetry.inject_trace({}):
@@ -119,7 +123,7 @@ async def create_run(
                 "options": function.options.to_json(),
                 "parent_run_id": parent_run_id,
                 "parent_step_id": parent_step_id,
-                "available_at": now,
+                "available_at": now if available_at is None else available_at,
                 "execution_sequence": 0,
                 "created_at": now,
                 "updated_at": now,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import ironflow
 
 EXPECTED = {
+    "Batching",
     "Client",
     "ConsumerGroup",
     "Context",
     "CronTrigger",
+    "Debounce",
     "EmitResult",
     "Event",
     "EventPage",

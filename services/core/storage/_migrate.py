@@ -20,11 +20,13 @@ import sqlalchemy as sa
 
 from ._database import Database
 from ._tables import (
+    accumulated_events,
     consumer_groups,
     cron_schedules,
     events,
     idempotency_keys,
     metadata,
+    pending_runs,
     push_endpoints,
     rate_limit_admissions,
     rate_limit_keys,
@@ -95,6 +97,11 @@ def _add_admission_tables(conn: sa.Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _add_pending_runs(conn: sa.Connection) -> None:
+    for table in (pending_runs, accumulated_events):
+        table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, functions, function versions, runs, steps, waits", _create_initial_tables),
     Migration(
@@ -106,6 +113,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "job tickets: which runs have a delivery on the stream", _add_job_tickets),
     Migration(7, "cron triggers: the next tick of each schedule", _add_cron_schedules),
     Migration(8, "idempotency keys and rate limit logs of functions", _add_admission_tables),
+    # 9 and 10 are taken by changes being made alongside this one; versions need not be contiguous.
+    Migration(11, "debounce and batching: pending runs and the events they took in", _add_pending_runs),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
