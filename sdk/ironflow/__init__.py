@@ -18,8 +18,10 @@ from ._client import Client
 from ._context import Context
 from ._errors import InvokeError, IronflowError, NonRetryableError, RetryAfterError, StepError
 from ._function import (
+    Batching,
     Concurrency,
     CronTrigger,
+    Debounce,
     EventTrigger,
     Function,
     Idempotency,
@@ -53,11 +55,13 @@ from ._sync import SyncClient
 from ._worker import Worker
 
 __all__ = [
+    "Batching",
     "Client",
     "Concurrency",
     "ConsumerGroup",
     "Context",
     "CronTrigger",
+    "Debounce",
     "EmitResult",
     "Event",
     "EventPage",

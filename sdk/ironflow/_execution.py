@@ -43,7 +43,13 @@ async def _execute(job: runs_pb2.Job, function: Function, channel: JobChannel, s
     logger = logging.LoggerAdapter(
         logging.getLogger(f"ironflow.function.{function.id}"), {"run_id": job.run_id, "attempt": job.attempt}
     )
-    ctx = Context(job=job, event=event_from_proto(job.event), steps=steps, logger=logger)
+    ctx = Context(
+        job=job,
+        event=event_from_proto(job.event),
+        events=[event_from_proto(event) for event in job.events],
+        steps=steps,
+        logger=logger,
+    )
     report = runs_pb2.JobReport(
         run_id=job.run_id, lease_token=job.lease_token, execution_sequence=job.execution_sequence
     )

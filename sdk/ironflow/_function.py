@@ -1,5 +1,5 @@
-"""Declaring functions: `@ironflow.function`, its triggers, retry policy and flow control (throttle,
-rate limit, idempotency).
+"""Declaring functions: `@ironflow.function`, its triggers, retry policy and flow control (concurrency,
+priority, throttle, rate limit, idempotency, debounce, batching).
 
 The decorator only describes; nothing is sent until a worker connects (pull mode) or the app calls
 `client.register` (push mode). The description becomes a `FunctionDefinition`, which the server
@@ -27,6 +27,9 @@ Handler = Callable[["Context"], Awaitable[Any]]
 _FUNCTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _MODES = {"pull": functions_pb2.FUNCTION_MODE_PULL, "push": functions_pb2.FUNCTION_MODE_PUSH}
 _MAX_THROTTLE_PERIOD = 7 * 24 * 3600.0
+# The server's bounds for debounce and batching (it checks them again at registration).
+MAX_BATCH_SIZE = 1000
+_MAX_ACCUMULATION_SECONDS = 7 * 86_400.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,77 @@ class Idempotency:
         )
 
 
+def _check_key(key: str | None, *, field: str) -> None:
+    if key is not None and (not isinstance(key, str) or not key):
+        raise ValueError(f"{field}: must be a CEL expression such as 'event.data.userId', got {key!r}")
+
+
+def _check_accumulation_span(value: Duration, *, field: str) -> float:
+    seconds = to_seconds(value, field=field)
+    if seconds <= 0:
+        raise ValueError(f"{field}: must be positive, got {value!r}")
+    if seconds > _MAX_ACCUMULATION_SECONDS:
+        raise ValueError(f"{field}: must be at most 7 days, got {value!r}")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Debounce:
+    """Run once per burst of events: the first matching event (per value of the CEL `key` over
+    `event`) starts a run that waits until `period` has passed without another such event, then runs
+    with the *last* event of the burst. `max_wait` caps the wait, counted from the burst's first
+    event, so a steady stream still runs at least that often. Every event of the burst answers the
+    emit with the same run id."""
+
+    period: Duration
+    key: str | None = None
+    max_wait: Duration | None = None
+
+    def __post_init__(self) -> None:
+        period = _check_accumulation_span(self.period, field="debounce.period")
+        _check_key(self.key, field="debounce.key")
+        if self.max_wait is not None:
+            max_wait = _check_accumulation_span(self.max_wait, field="debounce.max_wait")
+            if max_wait < period:
+                raise ValueError(f"debounce.max_wait: must be at least the period, got {self.max_wait!r}")
+
+    def to_proto(self) -> functions_pb2.Debounce:
+        debounce = functions_pb2.Debounce(
+            period=to_duration_proto(self.period, field="debounce.period"), key=self.key or ""
+        )
+        if self.max_wait is not None:
+            debounce.max_wait.CopyFrom(to_duration_proto(self.max_wait, field="debounce.max_wait"))
+        return debounce
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Run once per batch of events: matching events (per value of the CEL `key` over `event`)
+    gather into one run, which starts when `max_size` events have joined or `timeout` after the
+    first one, whichever comes first. The handler gets them all as `ctx.events`, in arrival order
+    (`ctx.event` is the first)."""
+
+    max_size: int
+    timeout: Duration
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        size = self.max_size
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_BATCH_SIZE:
+            raise ValueError(
+                f"batching.max_size: must be an integer from 1 to {MAX_BATCH_SIZE}, got {size!r}"
+            )
+        _check_accumulation_span(self.timeout, field="batching.timeout")
+        _check_key(self.key, field="batching.key")
+
+    def to_proto(self) -> functions_pb2.Batching:
+        return functions_pb2.Batching(
+            max_size=self.max_size,
+            timeout=to_duration_proto(self.timeout, field="batching.timeout"),
+            key=self.key or "",
+        )
+
+
 @dataclass(frozen=True)
 class Concurrency:
     """At most `limit` runs of the function execute at once, per value of the CEL `key` over `event`
@@ -251,6 +325,8 @@ class Function:
     # An integer (as text) or a CEL expression over `event`; "" for none.
     priority: str = ""
     throttle: Throttle | None = None
+    debounce: Debounce | None = None
+    batching: Batching | None = None
 
     def definition(self, *, endpoint_url: str | None = None) -> functions_pb2.FunctionDefinition:
         definition = functions_pb2.FunctionDefinition(
@@ -272,6 +348,10 @@ class Function:
             definition.rate_limit.CopyFrom(self.rate_limit.to_proto())
         if self.idempotency is not None:
             definition.idempotency.CopyFrom(self.idempotency.to_proto())
+        if self.debounce is not None:
+            definition.debounce.CopyFrom(self.debounce.to_proto())
+        if self.batching is not None:
+            definition.batching.CopyFrom(self.batching.to_proto())
         return definition
 
 
@@ -289,6 +369,8 @@ def function(
     concurrency: ConcurrencySpec | None = None,
     priority: int | str | None = None,
     throttle: Throttle | None = None,
+    debounce: Debounce | None = None,
+    batching: Batching | None = None,
 ) -> Callable[[Handler], Function]:
     """Declare a durable function; decorates an `async def handler(ctx)`.
 
@@ -307,6 +389,11 @@ def function(
     runs). `priority="event.data.tier == 'gold' ? 100 : 0"` (or an integer) gives a run that many
     seconds of head start in the queue, between -600 and 600: higher-priority runs go first, and no
     run is overtaken by one that became due more than 20 minutes after it.
+
+    `debounce=ironflow.Debounce(period="30s", key="event.data.userId", max_wait="5m")` runs once per
+    burst of events, with the last one; `batching=ironflow.Batching(max_size=100, timeout="10s")`
+    runs once per batch, the events in `ctx.events`. A function has at most one of the two. Both
+    apply to events only: cron ticks and invocations start their own runs at once.
     """
     if not isinstance(id, str) or not _FUNCTION_ID.fullmatch(id):
         raise ValueError(
@@ -331,6 +418,7 @@ def function(
         )
     limits = _concurrency_limits(concurrency)
     priority_text = _priority_text(priority)
+    _check_accumulation(debounce, batching)
     timeout_seconds = to_seconds(timeout, field="timeout") if timeout is not None else None
     if timeout_seconds == 0:
         raise ValueError("timeout: must be positive")
@@ -352,9 +440,20 @@ def function(
             concurrency=limits,
             priority=priority_text,
             throttle=throttle,
+            debounce=debounce,
+            batching=batching,
         )
 
     return decorate
+
+
+def _check_accumulation(debounce: Debounce | None, batching: Batching | None) -> None:
+    if debounce is not None and not isinstance(debounce, Debounce):
+        raise ValueError("debounce: use ironflow.Debounce(period=..., key=None, max_wait=None)")
+    if batching is not None and not isinstance(batching, Batching):
+        raise ValueError("batching: use ironflow.Batching(max_size=..., timeout=..., key=None)")
+    if debounce is not None and batching is not None:
+        raise ValueError("batching: cannot be combined with debounce; use one or the other")
 
 
 def _concurrency_limits(

@@ -29,6 +29,10 @@ _INTEGER = re.compile(r"[+-]?\d+")
 # week is the longest that stays meaningful (Inngest's bound too). Bursts beyond this are no throttle.
 MAX_THROTTLE_PERIOD = timedelta(days=7)
 MAX_THROTTLE_BURST = 100_000
+# Debounce periods and waits, batch timeouts: a pending run holds its events this long at most.
+MAX_ACCUMULATION_SPAN = timedelta(days=7)
+# Events in one batch (the scheduler's `_accumulation.MAX_BATCH_SIZE`).
+MAX_BATCH_SIZE = 1000
 
 
 def check_endpoint_url(url: str, *, field: str) -> str:
@@ -101,6 +105,7 @@ def _check_flow_control(definition: functions_pb2.FunctionDefinition, *, field: 
         _check_rate_limit(definition.rate_limit, field=f"{field}.rate_limit")
     if definition.HasField("idempotency"):
         _check_idempotency(definition.idempotency, field=f"{field}.idempotency")
+    _check_accumulation(definition, field=field)
 
 
 def _resolve_mode(
@@ -188,12 +193,53 @@ def _check_idempotency(idempotency: functions_pb2.Idempotency, *, field: str) ->
         idempotency.window.FromTimedelta(DEFAULT_IDEMPOTENCY_WINDOW)
 
 
-def _check_span(duration: duration_pb2.Duration, *, field: str) -> None:
+def _check_accumulation(definition: functions_pb2.FunctionDefinition, *, field: str) -> None:
+    """Debounce and batching: each alone (both gather events into a pending run, in different ways,
+    and a throttle would delay runs the pending run already delays)."""
+    debounce, batching = definition.HasField("debounce"), definition.HasField("batching")
+    if debounce and batching:
+        raise invalid_argument(f"{field}.batching", "cannot be combined with debounce; use one or the other")
+    if definition.HasField("throttle") and (debounce or batching):
+        other = "debounce" if debounce else "batching"
+        raise invalid_argument(f"{field}.throttle", f"cannot be combined with {other}; use one or the other")
+    if debounce:
+        _check_debounce(definition.debounce, field=f"{field}.debounce")
+    if batching:
+        _check_batching(definition.batching, field=f"{field}.batching")
+
+
+def _check_debounce(debounce: functions_pb2.Debounce, *, field: str) -> None:
+    if not debounce.HasField("period"):
+        raise invalid_argument(f"{field}.period", "is required (for example 5s or 1m)")
+    _check_span(debounce.period, field=f"{field}.period", limit=MAX_ACCUMULATION_SPAN)
+    if debounce.HasField("max_wait"):
+        _check_span(debounce.max_wait, field=f"{field}.max_wait", limit=MAX_ACCUMULATION_SPAN)
+        if debounce.max_wait.ToTimedelta() < debounce.period.ToTimedelta():
+            raise invalid_argument(f"{field}.max_wait", "must be at least the period")
+    if debounce.key:
+        check_expression(debounce.key, field=f"{field}.key")
+
+
+def _check_batching(batching: functions_pb2.Batching, *, field: str) -> None:
+    if not 1 <= batching.max_size <= MAX_BATCH_SIZE:
+        raise invalid_argument(
+            f"{field}.max_size", f"must be between 1 and {MAX_BATCH_SIZE}, got {batching.max_size}"
+        )
+    if not batching.HasField("timeout"):
+        raise invalid_argument(f"{field}.timeout", "is required (for example 10s or 1m)")
+    _check_span(batching.timeout, field=f"{field}.timeout", limit=MAX_ACCUMULATION_SPAN)
+    if batching.key:
+        check_expression(batching.key, field=f"{field}.key")
+
+
+def _check_span(
+    duration: duration_pb2.Duration, *, field: str, limit: timedelta = MAX_ADMISSION_SPAN
+) -> None:
     span = duration.ToTimedelta()
     if span <= timedelta(0):
         raise invalid_argument(field, "must be positive")
-    if span > MAX_ADMISSION_SPAN:
-        raise invalid_argument(field, f"must be at most {MAX_ADMISSION_SPAN.days} days")
+    if span > limit:
+        raise invalid_argument(field, f"must be at most {limit.days} days")
 
 
 def _is_integer(text: str) -> bool:

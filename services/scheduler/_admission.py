@@ -29,7 +29,8 @@ conditions (`cel_keys.key_text`: 1 and 1.0 are one key, "1" another). A key that
 events, as in Inngest; a rate limit without a key is that shared key for every event.
 
 A replayed trigger (the sweeper re-triggering an event whose triggering did not finish) finds the
-run the event already started and is admitted without counting again. Only events go through
+run the event already started (or joined: debounce and batching) and is admitted without counting
+again. Only events go through
 admission: cron ticks and invocations (`Invoke`, `step.invoke`) start their runs regardless.
 """
 
@@ -47,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ironflow.services.core.cel import CelEvaluationError, Expression, compile_expression
 from ironflow.services.core.cel_keys import key_text
 from ironflow.services.core.storage import (
+    accumulated_events,
     idempotency_keys,
     insert_or_ignore,
     rate_limit_admissions,
@@ -145,9 +147,12 @@ async def admit(
     event_id: str,
     now: datetime,
     dialect: str,
+    accumulating: bool = False,
 ) -> str | None:
     """Decide whether `event_id` may start a run of `function_id`, recording the admission: None when
-    it may, else why not (`rate_limited` or `idempotent`). Call in the run-creating transaction."""
+    it may, else why not (`rate_limited` or `idempotent`). Call in the run-creating transaction.
+    `accumulating`: the function debounces or batches, so the event may have joined a run whose
+    `event_id` is another event's (`accumulated_events` says)."""
     rate, rate_key = admission.rate_limit, keys.rate_limit
     admitted = 0
     if rate is not None and rate_key is not None:
@@ -161,6 +166,14 @@ async def admit(
     )
     if replayed.first() is not None:
         return None  # the event started its run already; start_run will find it
+    if accumulating:
+        joined = await conn.execute(
+            sa.select(accumulated_events.c.run_id).where(
+                accumulated_events.c.function_id == function_id, accumulated_events.c.event_id == event_id
+            )
+        )
+        if joined.first() is not None:
+            return None  # the event joined a pending run already; accumulating will find it
     if rate is not None and rate_key is not None and admitted >= rate.limit:
         return RATE_LIMITED
     idempotency = admission.idempotency

@@ -24,6 +24,7 @@ from ironflow.services.core.ids import Clock, utc_now
 from ironflow.services.core.subjects import NamePattern
 from ironflow.v1 import functions_pb2
 
+from ._accumulation import Accumulation, compile_accumulation
 from ._admission import Admission, compile_admission
 from ._concurrency import ConcurrencyLimit, compile_concurrency
 from ._options import RunOptions
@@ -74,6 +75,8 @@ class CompiledFunction:
     crons: tuple[CronTrigger, ...] = ()
     # Rate limit and idempotency: whether a matching event may start a run (`_admission.py`).
     admission: Admission | None = None
+    # Debounce or batching: matching events gather into one run not started yet (`_pending_runs.py`).
+    accumulation: Accumulation | None = None
     # Throttle: when a run an event starts may begin (`_throttle.py`).
     throttle: ThrottleRule | None = None
     # How many of its runs may execute at once, per key (`_concurrency.py`).
@@ -125,6 +128,7 @@ def compile_function(function: functions_pb2.Function) -> CompiledFunction:
         concurrency=compile_concurrency(definition, field=f"functions[{definition.id}]"),
         priority=compile_priority(definition.priority, field=f"functions[{definition.id}].priority"),
         throttle=compile_throttle(definition, field=f"functions[{definition.id}]"),
+        accumulation=compile_accumulation(definition, field=f"functions[{definition.id}]"),
     )
 
 

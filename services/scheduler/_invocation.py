@@ -9,6 +9,7 @@ per (event, function), so a replayed invocation finds the run it already started
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -101,15 +102,17 @@ async def create_run(
     parent_run_id: str | None = None,
     parent_step_id: str | None = None,
     available_at: datetime | None = None,
+    extra_input: Mapping[str, Any] | None = None,
 ) -> tuple[str, bool]:
     """`start_run`, also saying whether the run is new (False: the event had started it already).
-    A run due later than `now` (a throttle delayed it) says when in its `created` event."""
+    `available_at` makes it due later than now (a throttle delayed it; its `created` event says
+    when); `extra_input` is kept in its input beside the event."""
     due = now if available_at is None else available_at
     with telemetry.span(
         f"{telemetry.SPAN_CREATE_RUN} {function.id}",
         attributes={telemetry.ATTR_FUNCTION_ID: function.id, telemetry.ATTR_EVENT_ID: event["id"]},
     ) as span:
-        run_input: dict[str, Any] = {"event": event}
+        run_input: dict[str, Any] = {**(extra_input or {}), "event": event}
         # Kept with the run (no column of its own: the run's input is JSON), so every later job of
         # the run continues this trace however much later, and from whichever request, it is leased.
         if trace := telemetry.inject_trace({}):

@@ -33,6 +33,7 @@ from ironflow.services.core.streams import Stream
 from ironflow.v1 import common_pb2, runs_pb2
 
 from . import _queries
+from ._accumulation import accumulation_key
 from ._admission import admit, sweep_admissions
 from ._catalog import CompiledFunction, FunctionCatalog
 from ._convert import event_from_json, event_to_json, memoized_step
@@ -41,6 +42,7 @@ from ._invocation import invoked_event, start_run
 from ._matchers import MatchCache, event_variables
 from ._matching import has_open_waits, resume_waits, runs_to_cancel
 from ._options import RunOptions
+from ._pending_runs import BATCHED, batch_events, start_event_run, sweep_pending_runs
 from ._push import PushDispatcher, PushSettings
 from ._reports import apply_report, end_run
 from ._resume import resume
@@ -97,8 +99,9 @@ class SchedulerSettings:
     tickets: TicketSettings = field(default_factory=TicketSettings)
     # Cron triggers: how often they are looked at, and how late a tick may be before it counts as missed.
     cron: CronSettings = field(default_factory=CronSettings)
-    # How often expired idempotency keys and idle rate limit and throttle keys are deleted (expired
-    # ones already count as free; sweeping only reclaims the space).
+    # How often expired idempotency keys, idle rate limit and throttle keys and stale pending-run rows
+    # are deleted (expired ones already count as free, stale ones are passed over; sweeping only
+    # reclaims space).
     admission_sweep_interval: timedelta = timedelta(minutes=1)
 
 
@@ -183,7 +186,9 @@ class Scheduler:
         """Create one run per matching function, idempotently; resume the waits the event matches and
         cancel the runs it cancels. Returns every run id the event started. A function whose rate
         limit or idempotency key refuses the event starts none; `system.function.<id>.skipped` says
-        why (`_admission.py`). A throttled function's run is created due later (`_throttle.py`)."""
+        why (`_admission.py`). A throttled function's run is created due later (`_throttle.py`). A
+        function that debounces or batches gives the id of the pending run the event joined
+        (`_pending_runs.py`)."""
         if not event.id:
             raise invalid_argument("event.id", "is required")
         if event.namespace not in ("", "events"):
@@ -201,6 +206,9 @@ class Scheduler:
         # Keys are evaluated before the transaction opens: it holds locks, CEL needs none.
         admission_keys = {f.id: f.admission.keys(variables) for f in matched if f.admission is not None}
         throttle_keys = {f.id: f.throttle.key_of(variables) for f in matched if f.throttle is not None}
+        pending_keys = {
+            f.id: accumulation_key(f.accumulation, variables) for f in matched if f.accumulation is not None
+        }
 
         async def work(conn: AsyncConnection) -> tuple[list[str], list[str], SystemEvents]:
             announced = SystemEvents(ids=self._ids, now=now)
@@ -215,6 +223,7 @@ class Scheduler:
                         event_id=event.id,
                         now=now,
                         dialect=self._db.dialect,
+                        accumulating=function.accumulation is not None,
                     )
                     if refused is not None:
                         skipped = {"event_id": event.id, "event_name": event.name, "reason": refused}
@@ -231,10 +240,11 @@ class Scheduler:
                         now=now,
                         dialect=self._db.dialect,
                     )
-                run_id = await start_run(
+                run_id = await start_event_run(
                     conn,
                     function,
                     stored_event,
+                    pending_keys.get(function.id),
                     now=now,
                     ids=self._ids,
                     dialect=self._db.dialect,
@@ -378,7 +388,11 @@ class Scheduler:
                     {"function_id": row.function_id, "event_id": row.event_id, "attempt": row.attempt},
                 )
             memo = await steps_of(conn, ids)
-            jobs = [_job(row, memo[row.id], token=token, expires_at=now + duration) for row in claimed]
+            batches = await batch_events(conn, [row.id for row in claimed if row.input.get(BATCHED)])
+            jobs = [
+                _job(row, memo[row.id], token=token, expires_at=now + duration, batch=batches.get(row.id))
+                for row in claimed
+            ]
             # Due runs this claim left are not to be had now (their concurrency keys are full, or
             # another claim holds them): say when the next one is due later, not "now" again.
             short = len(claimed) < request.max_jobs
@@ -675,12 +689,13 @@ class Scheduler:
         return fired, next_at
 
     async def sweep_admissions(self) -> int:
-        """Delete expired idempotency keys and idle rate limit and throttle keys (a batch of each);
-        returns how many."""
+        """Delete expired idempotency keys, idle rate limit and throttle keys, and pending-run rows
+        whose run was taken or ended (a batch of each); returns how many."""
         now = self._clock()
 
         async def work(conn: AsyncConnection) -> int:
-            return await sweep_admissions(conn, now=now) + await sweep_throttles(conn, now=now)
+            swept = await sweep_admissions(conn, now=now) + await sweep_throttles(conn, now=now)
+            return swept + await sweep_pending_runs(conn, now=now)
 
         return await self._db.run(work)
 
@@ -769,7 +784,15 @@ def _holds(run: Any, lease: runs_pb2.JobLease) -> bool:
     )
 
 
-def _job(row: Any, memo_rows: list[Any], *, token: str, expires_at: datetime) -> runs_pb2.Job:
+def _job(
+    row: Any,
+    memo_rows: list[Any],
+    *,
+    token: str,
+    expires_at: datetime,
+    batch: list[dict[str, Any]] | None = None,
+) -> runs_pb2.Job:
+    """The job of a claimed run; `batch` is a batch run's events (`Job.events`)."""
     event = event_from_json(row.input["event"])
     memo = [step for step in (memoized_step(r) for r in memo_rows) if step is not None]
     job = runs_pb2.Job(
@@ -784,6 +807,7 @@ def _job(row: Any, memo_rows: list[Any], *, token: str, expires_at: datetime) ->
         parent_run_id=row.parent_run_id or "",
         last_attempt=_last_attempt(row),
         trace_context=row.input.get("trace") or {},  # the trace the run was created in
+        events=[event_from_json(document) for document in batch or ()],
     )
     job.lease_expires_at.CopyFrom(to_timestamp(expires_at))
     return job

@@ -155,6 +155,39 @@ def _flow_definition(
         (_flow_definition(priority="601"), "functions[0].priority"),
         (_flow_definition(priority="-1000"), "functions[0].priority"),
         (_flow_definition(priority="event.data.tier == "), "functions[0].priority"),
+        (_admission_definition(debounce={}), "functions[0].debounce.period"),
+        (_admission_definition(debounce={"period": "0s"}), "functions[0].debounce.period"),
+        (_admission_definition(debounce={"period": "691201s"}), "functions[0].debounce.period"),
+        (
+            _admission_definition(debounce={"period": "60s", "max_wait": "30s"}),
+            "functions[0].debounce.max_wait",
+        ),
+        (
+            _admission_definition(debounce={"period": "60s", "key": "event.data.("}),
+            "functions[0].debounce.key",
+        ),
+        (_admission_definition(batching={"max_size": 0, "timeout": "10s"}), "functions[0].batching.max_size"),
+        (
+            _admission_definition(batching={"max_size": 1001, "timeout": "10s"}),
+            "functions[0].batching.max_size",
+        ),
+        (_admission_definition(batching={"max_size": 10}), "functions[0].batching.timeout"),
+        (
+            _admission_definition(batching={"max_size": 10, "timeout": "604801s"}),
+            "functions[0].batching.timeout",
+        ),
+        (
+            _admission_definition(batching={"max_size": 10, "timeout": "10s", "key": "event.("}),
+            "functions[0].batching.key",
+        ),
+        (
+            _admission_definition(debounce={"period": "5s"}, batching={"max_size": 10, "timeout": "10s"}),
+            "functions[0].batching",
+        ),
+        (
+            _admission_definition(debounce={"period": "5s"}, throttle={"limit": 1, "period": "60s"}),
+            "functions[0].throttle",
+        ),
     ],
 )
 async def test_bad_definitions_are_invalid_argument_naming_the_field(

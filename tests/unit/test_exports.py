@@ -5,11 +5,13 @@ from __future__ import annotations
 import ironflow
 
 EXPECTED = {
+    "Batching",
     "Client",
     "Concurrency",
     "ConsumerGroup",
     "Context",
     "CronTrigger",
+    "Debounce",
     "EmitResult",
     "Event",
     "EventPage",

@@ -3,6 +3,7 @@
 from ._database import DEFAULT_SQLITE_URL, Database, is_transient
 from ._migrate import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
 from ._tables import (
+    accumulated_events,
     consumer_groups,
     cron_schedules,
     events,
@@ -10,6 +11,7 @@ from ._tables import (
     functions,
     idempotency_keys,
     metadata,
+    pending_runs,
     push_endpoints,
     rate_limit_admissions,
     rate_limit_keys,
@@ -30,6 +32,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Database",
     "UTCDateTime",
+    "accumulated_events",
     "consumer_groups",
     "cron_schedules",
     "events",
@@ -40,6 +43,7 @@ __all__ = [
     "is_transient",
     "metadata",
     "migrate",
+    "pending_runs",
     "push_endpoints",
     "rate_limit_admissions",
     "rate_limit_keys",

@@ -20,11 +20,13 @@ import sqlalchemy as sa
 
 from ._database import Database
 from ._tables import (
+    accumulated_events,
     consumer_groups,
     cron_schedules,
     events,
     idempotency_keys,
     metadata,
+    pending_runs,
     push_endpoints,
     rate_limit_admissions,
     rate_limit_keys,
@@ -106,6 +108,11 @@ def _add_throttle_keys(conn: sa.Connection) -> None:
     throttle_keys.create(conn, checkfirst=True)
 
 
+def _add_pending_runs(conn: sa.Connection) -> None:
+    for table in (pending_runs, accumulated_events):
+        table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events, functions, function versions, runs, steps, waits", _create_initial_tables),
     Migration(
@@ -119,6 +126,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "idempotency keys and rate limit logs of functions", _add_admission_tables),
     Migration(9, "concurrency keys of active runs; run priority", _add_concurrency_and_priority),
     Migration(10, "throttle schedules of functions, one per key", _add_throttle_keys),
+    Migration(11, "debounce and batching: pending runs and the events they took in", _add_pending_runs),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -289,6 +289,46 @@ throttle_keys = sa.Table(
     sa.Index("ix_throttle_keys_tat", "tat"),
 )
 
+# scheduler: debounce and batching (`_pending_runs.py`). One row per (function, control, key) whose
+# events are gathering into a run not yet started: the row is the lock a trigger takes (SELECT ...
+# FOR UPDATE on Postgres; SQLite's BEGIN IMMEDIATE serialises writers) before joining the run.
+# `first_at` is when the run's first event arrived (debounce's `max_wait` counts from it); `size` and
+# `bytes` are how many events, and how much event JSON, the run holds. A row whose run was leased or
+# ended is stale: the next event opens a new run, and the sweeper deletes what is left. Added by
+# migration 11.
+pending_runs = sa.Table(
+    "pending_runs",
+    metadata,
+    sa.Column("function_id", sa.String(128), primary_key=True),
+    # debounce or batching
+    sa.Column("control", sa.String(16), primary_key=True),
+    sa.Column("key_hash", sa.String(64), primary_key=True),
+    # None only inside the transaction that inserted the row and is creating its run.
+    sa.Column("run_id", sa.String(64), nullable=True),
+    sa.Column("first_at", UTCDateTime, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# scheduler: every event a debounced or batched run took in, so a replayed trigger of the event finds
+# its run (a debounced run's own `event_id` moves to its newest event; a batch run's is its first).
+# Batching keeps the event itself here too, in `position` order: the job's `events` are read from
+# these rows, so adding an event to a batch writes one row, not the whole batch again. Kept as long
+# as runs are, like the unique (event, function) of the runs table. Added by migration 11.
+accumulated_events = sa.Table(
+    "accumulated_events",
+    metadata,
+    sa.Column("function_id", sa.String(128), primary_key=True),
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    # Batching only: the event as kept with a run (`event_to_json`).
+    sa.Column("event", JSONDocument, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_accumulated_events_run", "run_id", "position"),
+)
+
 # scheduler: the circuit breaker of each push endpoint, written when its state changes so that
 # GetFunction can show it and a restarted dispatcher resumes where it was. Added by migration 4.
 push_endpoints = sa.Table(
