@@ -25,6 +25,7 @@ import datetime
 import keyword
 import logging
 import operator
+import re
 import sys
 from collections.abc import Callable, Mapping
 from types import CodeType
@@ -52,6 +53,10 @@ _UNSAFE_NAMES = frozenset(keyword.kwlist) | frozenset(dir(Activation()))
 _ENVIRONMENT = celpy.Environment(runner_class=celpy.CompiledRunner)
 
 
+# Identifiers joined by dots, and no CEL reserved word among them (those do not compile as fields).
+_FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
 class CelEvaluationError(Exception):
     """An expression failed while evaluating: a missing field, mismatched types, overflow, ..."""
 
@@ -59,19 +64,33 @@ class CelEvaluationError(Exception):
 class Expression:
     """A CEL expression compiled once (per function version / subscription) and evaluated many times."""
 
-    __slots__ = ("_activation", "_code", "text")
+    __slots__ = ("_activation", "_code", "_path", "text")
 
     def __init__(self, text: str, code: CodeType, activation: Activation) -> None:
         self.text = text
         self._code = code
         self._activation = activation
+        # A plain field path (`event.data.customerId`, the usual key) is evaluated by walking the maps:
+        # the same value or failure as CEL gives, at a fraction of the cost (keys are evaluated for
+        # every event, inside the trigger).
+        self._path = tuple(text.split(".")) if _FIELD_PATH.fullmatch(text) else None
 
     def __repr__(self) -> str:
         return f"Expression({self.text!r})"
 
     def evaluate(self, variables: Mapping[str, Any]) -> Any:
         """The result as a plain Python value: JSON-like, or a datetime / timedelta."""
+        if self._path is not None:
+            return _to_python(_to_cel(self._select(variables, self._path)))
         return _to_python(self._run(variables))
+
+    def _select(self, variables: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+        value: Any = variables
+        for name in path:
+            if not isinstance(value, Mapping) or name not in value:
+                raise CelEvaluationError(f"CEL expression {self.text!r} failed: no such key {name!r}")
+            value = value[name]
+        return value
 
     def matches(self, variables: Mapping[str, Any]) -> bool:
         """True only when the expression evaluates to boolean true; every failure is a non-match."""

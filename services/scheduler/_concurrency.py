@@ -17,17 +17,20 @@ writer at a time), then counts that key's leased runs. The count is a fresh stat
 lock, so under READ COMMITTED it sees every lease committed by whoever held the lock before.
 
 Runs over a limit stay queued, in their order, and are claimed as slots free. A claim that fetched
-only runs of full keys looks again past them (`saturated_keys`), so one busy customer never starves
-another's runs. Pull delivery tickets a limited run only while its keys have room counting runs
-ticketed but not yet leased (`ticket_capacity`); a ticket whose run finds its key full at lease time
-is dropped and the run un-ticketed, to be ticketed again when a slot frees.
+only runs of full keys looks again past them (`not_in_full_keys`), so one busy customer never starves
+another's runs. Pull delivery tickets a limited run only while its keys have room, counting runs
+ticketed but not yet leased (`occupied_slots`, `ticket_capacity`); a ticket whose run finds its key
+full at lease time is dropped and the run un-ticketed, to be ticketed again when a slot frees.
+
+The counts read only leased runs and runs with an outstanding ticket (two partial indexes of the
+runs table), never a key's whole queue, so they cost the same however long the backlog.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,6 +43,9 @@ from ironflow.services.core.storage import insert_or_ignore, run_concurrency_key
 from ironflow.v1 import functions_pb2
 
 from ._admission import event_key
+
+# Built once: a new run's keys are inserted with every limited run created.
+_INSERT_KEYS = run_concurrency_keys.insert()
 
 
 @dataclass(frozen=True)
@@ -99,17 +105,27 @@ def keys_of(run_input: Mapping[str, Any] | None) -> list[RunKey]:
 
 
 async def hold_keys(
-    conn: AsyncConnection, run_id: str, function_id: str, keys: Iterable[RunKey], *, dialect: str
+    conn: AsyncConnection,
+    run_id: str,
+    function_id: str,
+    keys: Iterable[RunKey],
+    *,
+    dialect: str,
+    new_run: bool = False,
 ) -> None:
-    """Enter an active run's keys (a new run, or a resumed one whose rows went when it ended)."""
-    for key in keys:
+    """Enter an active run's keys: a new run's (`new_run`: it cannot have rows yet, so one plain
+    INSERT of them all), or a resumed one's, whose rows went when it ended."""
+    rows = [
+        {"run_id": run_id, "key": key.key, "function_id": function_id, "limit": key.limit} for key in keys
+    ]
+    if not rows:
+        return
+    if new_run:
+        await conn.execute(_INSERT_KEYS, rows)
+        return
+    for row in rows:
         await conn.execute(
-            insert_or_ignore(
-                run_concurrency_keys,
-                {"run_id": run_id, "key": key.key, "function_id": function_id, "limit": key.limit},
-                dialect=dialect,
-                conflict_columns=["run_id", "key"],
-            )
+            insert_or_ignore(run_concurrency_keys, row, dialect=dialect, conflict_columns=["run_id", "key"])
         )
 
 
@@ -119,20 +135,47 @@ async def drop_keys(conn: AsyncConnection, run_id: str) -> None:
 
 
 def _leased() -> sa.ColumnElement[bool]:
-    return sa.and_(runs.c.status == "running", runs.c.lease_token.is_not(None))
+    """Runs a worker holds (`ix_runs_leased` covers them)."""
+    return sa.and_(runs.c.lease_token.is_not(None), runs.c.status == "running")
 
 
-async def leased_counts(conn: AsyncConnection, keys: Sequence[str]) -> Counter[str]:
-    """How many leased runs hold a slot of each key."""
-    if not keys:
-        return Counter()
+def _ticketed(now: datetime) -> sa.ColumnElement[bool]:
+    """Due runs with a job ticket no gateway has used yet (`ix_runs_ticket_outstanding` covers them)."""
+    return sa.and_(
+        runs.c.lease_token.is_(None),
+        runs.c.ticketed_sequence == runs.c.execution_sequence,
+        runs.c.status.in_(("queued", "running")),
+        runs.c.available_at <= now,
+    )
+
+
+async def _holders(
+    conn: AsyncConnection,
+    holding: sa.ColumnElement[bool],
+    function_ids: Iterable[str],
+    keys: Sequence[str] | None = None,
+) -> dict[str, tuple[int, int]]:
+    """key -> (its limit, how many runs in `holding` have it), for these functions' keys (or only
+    `keys`). Driven from the runs side: the few leased or ticketed runs, never a key's whole queue."""
     query = (
-        sa.select(run_concurrency_keys.c.key, sa.func.count())
-        .select_from(run_concurrency_keys.join(runs, runs.c.id == run_concurrency_keys.c.run_id))
-        .where(run_concurrency_keys.c.key.in_(list(keys)), _leased())
+        sa.select(run_concurrency_keys.c.key, sa.func.min(run_concurrency_keys.c.limit), sa.func.count())
+        .select_from(runs.join(run_concurrency_keys, run_concurrency_keys.c.run_id == runs.c.id))
+        .where(holding, runs.c.function_id.in_(sorted(set(function_ids))))
         .group_by(run_concurrency_keys.c.key)
     )
-    return Counter({key: int(count) for key, count in (await conn.execute(query)).all()})
+    if keys is not None:
+        query = query.where(run_concurrency_keys.c.key.in_(list(keys)))
+    return {key: (int(limit), int(count)) for key, limit, count in (await conn.execute(query)).all()}
+
+
+async def leased_counts(
+    conn: AsyncConnection, keys: Sequence[str], function_ids: Iterable[str]
+) -> Counter[str]:
+    """How many leased runs (of these functions) hold a slot of each key."""
+    if not keys:
+        return Counter()
+    held = await _holders(conn, _leased(), function_ids, keys)
+    return Counter({key: count for key, (_, count) in held.items()})
 
 
 async def lock_keys(
@@ -171,7 +214,7 @@ async def admit_claims(
     keyed = {row.id: keys_of(row.input) for row in candidates}
     wanted = sorted({key.key for keys in keyed.values() for key in keys})
     locked = await lock_keys(conn, wanted, dialect=dialect, wait=wait_for_locks)
-    held = await leased_counts(conn, sorted(locked))
+    held = await leased_counts(conn, sorted(locked), {row.function_id for row in candidates})
     for row in counted:
         for key in keys_of(row.input):
             held[key.key] += 1
@@ -202,37 +245,15 @@ def not_in_full_keys(full: Iterable[str]) -> sa.ColumnElement[bool]:
     )
 
 
-async def saturated_keys(
-    conn: AsyncConnection, function_ids: Sequence[str], *, now: datetime, count_tickets: bool
-) -> set[str]:
-    """Keys of these functions whose slots are all taken by leased runs (and, with `count_tickets`,
-    by due runs holding a job ticket a gateway has not leased yet)."""
-    occupying = _leased()
-    if count_tickets:
-        occupying = sa.or_(
-            occupying,
-            sa.and_(
-                runs.c.status.in_(("queued", "running")),
-                runs.c.lease_token.is_(None),
-                runs.c.ticketed_sequence == runs.c.execution_sequence,
-                runs.c.available_at <= now,
-            ),
-        )
-    query = (
-        sa.select(run_concurrency_keys.c.key, sa.func.min(run_concurrency_keys.c.limit), sa.func.count())
-        .select_from(run_concurrency_keys.join(runs, runs.c.id == run_concurrency_keys.c.run_id))
-        .where(run_concurrency_keys.c.function_id.in_(list(function_ids)), occupying)
-        .group_by(run_concurrency_keys.c.key)
-    )
-    return {key for key, limit, count in (await conn.execute(query)).all() if count >= limit}
-
-
 async def ticket_capacity(
-    conn: AsyncConnection, candidates: Sequence[Any], function_ids: Sequence[str], *, now: datetime
+    conn: AsyncConnection,
+    candidates: Sequence[Any],
+    function_ids: Collection[str],
+    taken: Mapping[str, tuple[int, int]],
 ) -> list[Any]:
     """Of due, unticketed runs (in dispatch order), those to ticket now: each key gets as many
-    tickets as it has slots not taken by leased runs or outstanding tickets. Approximate (nothing is
-    locked); the claim decides exactly."""
+    tickets as it has slots not `taken` (`occupied_slots`). Approximate (nothing is locked); the
+    claim decides exactly."""
     limited = [row.id for row in candidates if row.function_id in function_ids]
     if not limited:
         return list(candidates)
@@ -244,32 +265,26 @@ async def ticket_capacity(
     keys: dict[str, list[RunKey]] = {}
     for run_id, key, limit in rows.all():
         keys.setdefault(run_id, []).append(RunKey(key=key, limit=int(limit)))
-    wanted = sorted({key.key for run_keys_ in keys.values() for key in run_keys_})
-    taken = await _occupied_counts(conn, wanted, now=now)
+    counts = Counter({key: count for key, (_, count) in taken.items()})
     chosen = []
     for row in candidates:
         run_keys_ = keys.get(row.id, [])
-        if any(taken[key.key] >= key.limit for key in run_keys_):
+        if any(counts[key.key] >= key.limit for key in run_keys_):
             continue
         for key in run_keys_:
-            taken[key.key] += 1
+            counts[key.key] += 1
         chosen.append(row)
     return chosen
 
 
-async def _occupied_counts(conn: AsyncConnection, keys: Sequence[str], *, now: datetime) -> Counter[str]:
-    if not keys:
-        return Counter()
-    outstanding = sa.and_(
-        runs.c.status.in_(("queued", "running")),
-        runs.c.lease_token.is_(None),
-        runs.c.ticketed_sequence == runs.c.execution_sequence,
-        runs.c.available_at <= now,
-    )
-    query = (
-        sa.select(run_concurrency_keys.c.key, sa.func.count())
-        .select_from(run_concurrency_keys.join(runs, runs.c.id == run_concurrency_keys.c.run_id))
-        .where(run_concurrency_keys.c.key.in_(list(keys)), sa.or_(_leased(), outstanding))
-        .group_by(run_concurrency_keys.c.key)
-    )
-    return Counter({key: int(count) for key, count in (await conn.execute(query)).all()})
+async def occupied_slots(
+    conn: AsyncConnection, function_ids: Sequence[str], *, now: datetime
+) -> dict[str, tuple[int, int]]:
+    """key -> (limit, slots taken) for these functions' keys, counting leased runs and due runs
+    holding a job ticket a gateway has not used yet. Two queries rather than one with OR, so each
+    reads its own small index."""
+    taken = await _holders(conn, _leased(), function_ids)
+    for key, (limit, count) in (await _holders(conn, _ticketed(now), function_ids)).items():
+        known_limit, known = taken.get(key, (limit, 0))
+        taken[key] = (min(known_limit, limit), known + count)
+    return taken

@@ -149,7 +149,7 @@ async def create_run(
         )
         span.set_attributes({telemetry.ATTR_RUN_ID: run_id, telemetry.ATTR_RUN_CREATED: created})
     if created:
-        await hold_keys(conn, run_id, function.id, keys, dialect=dialect)
+        await hold_keys(conn, run_id, function.id, keys, dialect=dialect, new_run=True)
         notice: dict[str, Any] = {"function_id": function.id, "event_id": event["id"], "status": "queued"}
         if parent_run_id:
             notice["parent_run_id"] = parent_run_id

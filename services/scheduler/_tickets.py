@@ -47,7 +47,7 @@ from ironflow.services.core.streams import Stream
 from ironflow.services.core.tasks import stop_task
 
 from ._catalog import FunctionCatalog
-from ._concurrency import not_in_full_keys, saturated_keys, ticket_capacity
+from ._concurrency import not_in_full_keys, occupied_slots, ticket_capacity
 from ._priority import queue_order
 from ._store import DISPATCHABLE_STATUSES
 
@@ -130,18 +130,26 @@ class JobTickets:
         settings = self._settings
 
         async def work(conn: AsyncConnection) -> tuple[int, datetime | None]:
-            # Runs of full concurrency keys get no ticket until a slot frees (`_concurrency.py`).
-            full = await saturated_keys(conn, limited, now=now, count_tickets=True) if limited else set()
             found = await _unticketed(
-                conn,
-                self._db.dialect,
-                pull,
-                now=now,
-                limit=settings.batch,
-                prioritised=prioritised,
-                full=full,
+                conn, self._db.dialect, pull, now=now, limit=settings.batch, prioritised=prioritised
             )
-            due = await ticket_capacity(conn, found, limited, now=now) if limited else found
+            due = found
+            if limited and any(row.function_id in limited for row in found):
+                # Runs of full concurrency keys get no ticket until a slot frees (`_concurrency.py`):
+                # look again past them, then ticket each key up to its free slots.
+                taken = await occupied_slots(conn, limited, now=now)
+                full = {key for key, (limit, count) in taken.items() if count >= limit}
+                if full:
+                    found = await _unticketed(
+                        conn,
+                        self._db.dialect,
+                        pull,
+                        now=now,
+                        limit=settings.batch,
+                        prioritised=prioritised,
+                        full=full,
+                    )
+                due = await ticket_capacity(conn, found, limited, taken)
             if due:
                 by_function: dict[str, list[dict[str, str]]] = defaultdict(list)
                 for row in due:

@@ -12,7 +12,7 @@ from typing import Any
 import celpy
 import pytest
 from celpy.celparser import CELParser
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ironflow.services.core import cel
@@ -450,3 +450,27 @@ def test_one_expression_evaluates_correctly_from_many_threads() -> None:
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert all(pool.map(check, range(2000)))
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("abc"), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(data=st.dictionaries(st.sampled_from("abc"), _JSON_VALUES, max_size=3))
+@settings(max_examples=300, deadline=None)
+def test_a_field_path_gives_what_cel_gives(data: dict[str, object]) -> None:
+    """Plain field paths skip the CEL interpreter: the value, or the failure, must be CEL's own."""
+    variables = {"event": {"name": "n", "data": data, "id": "e1", "metadata": {}}}
+    for text in ("event.data.a", "event.data.a.b", "event.data.b.c.a", "event.name", "event.nothing"):
+        fast = compile_expression(text, field="key")
+        slow = compile_expression(f"({text})", field="key")  # not a plain path: the interpreter runs
+        try:
+            expected: object = slow.evaluate(variables)
+        except CelEvaluationError:
+            with pytest.raises(CelEvaluationError):
+                fast.evaluate(variables)
+        else:
+            assert fast.evaluate(variables) == expected

@@ -25,6 +25,8 @@ from ._tables import (
     cron_schedules,
     events,
     idempotency_keys,
+    ix_runs_leased,
+    ix_runs_ticket_outstanding,
     metadata,
     pending_runs,
     push_endpoints,
@@ -102,6 +104,8 @@ def _add_admission_tables(conn: sa.Connection) -> None:
 def _add_concurrency_and_priority(conn: sa.Connection) -> None:
     _add_run_columns(conn, runs.c.priority)
     run_concurrency_keys.create(conn, checkfirst=True)
+    for index in (ix_runs_leased, ix_runs_ticket_outstanding):
+        index.create(conn, checkfirst=True)
 
 
 def _add_throttle_keys(conn: sa.Connection) -> None:
