@@ -16,6 +16,8 @@ from ironflow.services.core.protojson import (
 )
 from ironflow.v1 import common_pb2, runs_pb2
 
+from ._options import RunOptions
+
 RUN_STATUS: dict[str, runs_pb2.RunStatus.ValueType] = {
     "queued": runs_pb2.RUN_STATUS_QUEUED,
     "running": runs_pb2.RUN_STATUS_RUNNING,
@@ -148,3 +150,38 @@ def event_from_json(document: dict[str, Any]) -> common_pb2.Event:
     if document.get("timestamp"):
         event.timestamp.FromJsonString(document["timestamp"])
     return event
+
+
+def job_of(
+    row: Any,
+    memo_rows: list[Any],
+    *,
+    token: str,
+    expires_at: datetime,
+    batch: list[dict[str, Any]] | None = None,
+) -> runs_pb2.Job:
+    """The job of a claimed run; `batch` is a batch run's events (`Job.events`)."""
+    event = event_from_json(row.input["event"])
+    memo = [step for step in (memoized_step(r) for r in memo_rows) if step is not None]
+    job = runs_pb2.Job(
+        run_id=row.id,
+        function_id=row.function_id,
+        function_version=row.function_version,
+        event=event,
+        steps=memo,
+        attempt=max(row.attempt, 1),
+        lease_token=token,
+        execution_sequence=row.execution_sequence + 1,
+        parent_run_id=row.parent_run_id or "",
+        last_attempt=last_attempt(row),
+        trace_context=row.input.get("trace") or {},  # the trace the run was created in
+        events=[event_from_json(document) for document in batch or ()],
+    )
+    job.lease_expires_at.CopyFrom(to_timestamp(expires_at))
+    return job
+
+
+def last_attempt(row: Any) -> bool:
+    """Whether a handler error in this execution ends the run for good (the retry policy is spent)."""
+    options = RunOptions.from_json(row.options)
+    return options.exhausted(max(row.attempt, 1)) and options.on_exhausted != "pause"

@@ -33,16 +33,14 @@ from ironflow.services.core.streams import Stream
 from ironflow.v1 import common_pb2, runs_pb2
 
 from . import _queries
-from ._accumulation import accumulation_key
-from ._admission import admit, sweep_admissions
+from ._admission import sweep_admissions
 from ._catalog import CompiledFunction, FunctionCatalog
-from ._convert import event_from_json, event_to_json, memoized_step
+from ._convert import event_to_json, job_of
 from ._cron import CronSettings, CronTicks
 from ._invocation import invoked_event, start_run
 from ._matchers import MatchCache, event_variables
 from ._matching import has_open_waits, resume_waits, runs_to_cancel
-from ._options import RunOptions
-from ._pending_runs import BATCHED, batch_events, start_event_run, sweep_pending_runs
+from ._pending_runs import BATCHED, batch_events, sweep_pending_runs
 from ._push import PushDispatcher, PushSettings
 from ._reports import apply_report, end_run
 from ._resume import resume
@@ -60,9 +58,10 @@ from ._store import (
     update_runs,
 )
 from ._system_events import SystemEvents
-from ._throttle import sweep_throttles, throttle_start
+from ._throttle import sweep_throttles
 from ._tickets import JobTickets, TicketSettings
 from ._timers import fire_due_waits
+from ._triggering import EventKeys, run_for_event
 from ._waits import next_timer_at
 from ._yields import YieldContext
 
@@ -204,54 +203,24 @@ class Scheduler:
                     return []
         now = self._clock()
         # Keys are evaluated before the transaction opens: it holds locks, CEL needs none.
-        admission_keys = {f.id: f.admission.keys(variables) for f in matched if f.admission is not None}
-        throttle_keys = {f.id: f.throttle.key_of(variables) for f in matched if f.throttle is not None}
-        pending_keys = {
-            f.id: accumulation_key(f.accumulation, variables) for f in matched if f.accumulation is not None
-        }
+        keys = {function.id: EventKeys.of(function, variables) for function in matched}
 
         async def work(conn: AsyncConnection) -> tuple[list[str], list[str], SystemEvents]:
             announced = SystemEvents(ids=self._ids, now=now)
             run_ids = []
             for function in matched:
-                if function.admission is not None:
-                    refused = await admit(
-                        conn,
-                        function.admission,
-                        admission_keys[function.id],
-                        function_id=function.id,
-                        event_id=event.id,
-                        now=now,
-                        dialect=self._db.dialect,
-                        accumulating=function.accumulation is not None,
-                    )
-                    if refused is not None:
-                        skipped = {"event_id": event.id, "event_name": event.name, "reason": refused}
-                        announced.function(function.id, "skipped", skipped)
-                        continue
-                available_at = now
-                if function.throttle is not None:
-                    available_at = await throttle_start(
-                        conn,
-                        function.throttle,
-                        throttle_keys[function.id],
-                        function_id=function.id,
-                        event_id=event.id,
-                        now=now,
-                        dialect=self._db.dialect,
-                    )
-                run_id = await start_event_run(
+                run_id = await run_for_event(
                     conn,
                     function,
                     stored_event,
-                    pending_keys.get(function.id),
+                    keys[function.id],
                     now=now,
                     ids=self._ids,
                     dialect=self._db.dialect,
                     events=announced,
-                    available_at=available_at,
                 )
-                run_ids.append(run_id)
+                if run_id is not None:
+                    run_ids.append(run_id)
             await resume_waits(
                 conn,
                 stored_event,
@@ -390,7 +359,7 @@ class Scheduler:
             memo = await steps_of(conn, ids)
             batches = await batch_events(conn, [row.id for row in claimed if row.input.get(BATCHED)])
             jobs = [
-                _job(row, memo[row.id], token=token, expires_at=now + duration, batch=batches.get(row.id))
+                job_of(row, memo[row.id], token=token, expires_at=now + duration, batch=batches.get(row.id))
                 for row in claimed
             ]
             # Due runs this claim left are not to be had now (their concurrency keys are full, or
@@ -782,37 +751,3 @@ def _holds(run: Any, lease: runs_pb2.JobLease) -> bool:
         and run.lease_token == lease.lease_token
         and run.execution_sequence == lease.execution_sequence
     )
-
-
-def _job(
-    row: Any,
-    memo_rows: list[Any],
-    *,
-    token: str,
-    expires_at: datetime,
-    batch: list[dict[str, Any]] | None = None,
-) -> runs_pb2.Job:
-    """The job of a claimed run; `batch` is a batch run's events (`Job.events`)."""
-    event = event_from_json(row.input["event"])
-    memo = [step for step in (memoized_step(r) for r in memo_rows) if step is not None]
-    job = runs_pb2.Job(
-        run_id=row.id,
-        function_id=row.function_id,
-        function_version=row.function_version,
-        event=event,
-        steps=memo,
-        attempt=max(row.attempt, 1),
-        lease_token=token,
-        execution_sequence=row.execution_sequence + 1,
-        parent_run_id=row.parent_run_id or "",
-        last_attempt=_last_attempt(row),
-        trace_context=row.input.get("trace") or {},  # the trace the run was created in
-        events=[event_from_json(document) for document in batch or ()],
-    )
-    job.lease_expires_at.CopyFrom(to_timestamp(expires_at))
-    return job
-
-
-def _last_attempt(row: Any) -> bool:
-    options = RunOptions.from_json(row.options)
-    return options.exhausted(max(row.attempt, 1)) and options.on_exhausted != "pause"
