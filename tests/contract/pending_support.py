@@ -3,8 +3,6 @@ clock the test moves, events stamped with that clock, and reads of what the data
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,27 +10,12 @@ import sqlalchemy as sa
 
 from ironflow.services.core.firehose import FirehoseMessage
 from ironflow.services.core.protojson import dict_to_struct, struct_to_dict, to_timestamp
-from ironflow.services.core.signals import RunNotices
 from ironflow.services.core.storage import Database, pending_runs, runs
 from ironflow.services.core.streams import MemoryStream
-from ironflow.services.scheduler import FunctionCatalog, Scheduler, SchedulerSettings
+from ironflow.services.scheduler import Scheduler
 from ironflow.v1 import common_pb2, functions_pb2, runs_pb2
 from tests.conftest import unique_name
-
-FIREHOSE = "test:firehose"
-
-
-class Clock:
-    """The schedulers' clock: stands still until the test moves it."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
+from tests.contract.scheduler_support import FIREHOSE, Clock, replica
 
 
 def function(
@@ -85,32 +68,7 @@ def scheduler(
     database: Database, stream: MemoryStream, functions: list[functions_pb2.Function], clock: Clock
 ) -> Scheduler:
     """One scheduler replica over `database`, with its own catalog of `functions`."""
-
-    async def source() -> list[functions_pb2.Function]:
-        return functions
-
-    return Scheduler(
-        db=database,
-        stream=stream,
-        catalog=FunctionCatalog(source),
-        notices=RunNotices(),
-        settings=SchedulerSettings(firehose=FIREHOSE),
-        clock=clock,
-    )
-
-
-@asynccontextmanager
-async def second_handle(database: Database) -> AsyncIterator[Database]:
-    """On Postgres a second connection pool to the same database, as another scheduler process would
-    have. SQLite is one process's database (the embedded shape): replicas share it."""
-    if database.dialect != "postgresql":
-        yield database
-        return
-    other = Database.open(database.engine.url.render_as_string(hide_password=False), schema=database.schema)
-    try:
-        yield other
-    finally:
-        await other.close()
+    return replica(database, stream, functions, clock)
 
 
 def event(name: str, data: dict[str, Any], *, at: datetime, sequence: int = 0) -> common_pb2.Event:

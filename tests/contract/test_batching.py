@@ -29,8 +29,8 @@ from tests.contract.pending_support import (
     run_row,
     runs_of,
     scheduler,
-    second_handle,
 )
+from tests.contract.scheduler_support import second_handle
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 TIMEOUT = timedelta(minutes=1)

@@ -6,35 +6,22 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from ironflow.services.core.protojson import dict_to_struct, to_timestamp
-from ironflow.services.core.signals import RunNotices
 from ironflow.services.core.storage import Database, run_concurrency_keys, runs
 from ironflow.services.core.streams import MemoryStream
-from ironflow.services.scheduler import FunctionCatalog, Scheduler, SchedulerSettings
-from ironflow.services.scheduler._tickets import TicketSettings, jobs_key
+from ironflow.services.scheduler import Scheduler
+from ironflow.services.scheduler._tickets import jobs_key
 from ironflow.v1 import common_pb2, functions_pb2, runs_pb2
 from tests.conftest import unique_name
+from tests.contract.scheduler_support import Clock, replica, second_handle
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 PREFIX = "test-concurrency"
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 def _function(
@@ -62,30 +49,10 @@ def _scheduler(
     clock: Clock,
     stream: MemoryStream | None = None,
 ) -> Scheduler:
-    async def source() -> list[functions_pb2.Function]:
-        return functions
-
-    return Scheduler(
-        db=database,
-        stream=stream or MemoryStream(),
-        catalog=FunctionCatalog(source),
-        notices=RunNotices(),
-        settings=SchedulerSettings(firehose="test:firehose", tickets=TicketSettings(stream_prefix=PREFIX)),
-        clock=clock,
-    )
+    return replica(database, stream or MemoryStream(), functions, clock, ticket_prefix=PREFIX)
 
 
-@asynccontextmanager
-async def _second_handle(database: Database) -> AsyncIterator[Database]:
-    """Postgres: another connection pool, as another scheduler process has. SQLite: the same handle."""
-    if database.dialect != "postgresql":
-        yield database
-        return
-    other = Database.open(database.engine.url.render_as_string(hide_password=False), schema=database.schema)
-    try:
-        yield other
-    finally:
-        await other.close()
+_second_handle = second_handle
 
 
 def _event(name: str, data: dict[str, Any]) -> common_pb2.Event:

@@ -5,8 +5,7 @@ would fail if the throttle were ignored: every run would be due at once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,29 +13,15 @@ import sqlalchemy as sa
 
 from ironflow.services.core.firehose import FirehoseMessage
 from ironflow.services.core.protojson import dict_to_struct, to_timestamp
-from ironflow.services.core.signals import RunNotices
 from ironflow.services.core.storage import Database, migrate, runs, throttle_keys
 from ironflow.services.core.storage._migrate import MIGRATIONS
 from ironflow.services.core.streams import MemoryStream
-from ironflow.services.scheduler import FunctionCatalog, Scheduler, SchedulerSettings
+from ironflow.services.scheduler import Scheduler
 from ironflow.v1 import common_pb2, functions_pb2, runs_pb2
 from tests.conftest import unique_name
+from tests.contract.scheduler_support import FIREHOSE, Clock, replica, second_handle
 
-FIREHOSE = "test:firehose"
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
-
-
-class Clock:
-    """The schedulers' clock: stands still until the test moves it."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 def _function(
@@ -66,31 +51,10 @@ def _function(
 def _scheduler(
     database: Database, stream: MemoryStream, functions: list[functions_pb2.Function], clock: Clock
 ) -> Scheduler:
-    async def source() -> list[functions_pb2.Function]:
-        return functions
-
-    return Scheduler(
-        db=database,
-        stream=stream,
-        catalog=FunctionCatalog(source),
-        notices=RunNotices(),
-        settings=SchedulerSettings(firehose=FIREHOSE),
-        clock=clock,
-    )
+    return replica(database, stream, functions, clock)
 
 
-@asynccontextmanager
-async def _second_handle(database: Database) -> AsyncIterator[Database]:
-    """On Postgres a second connection pool, as another scheduler process would have; SQLite is one
-    process's database (the embedded shape), so replicas share its handle."""
-    if database.dialect != "postgresql":
-        yield database
-        return
-    other = Database.open(database.engine.url.render_as_string(hide_password=False), schema=database.schema)
-    try:
-        yield other
-    finally:
-        await other.close()
+_second_handle = second_handle
 
 
 def _event(name: str, data: dict[str, Any] | None = None) -> common_pb2.Event:
